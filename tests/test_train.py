@@ -1,0 +1,74 @@
+import contextlib
+import dataclasses
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import torch
+
+from nano.config import Optimizer
+from nano.models.llama import FLAVORS, Transformer
+from nano.optim import build_optimizer
+from nano.train import forward_backward
+
+REPO = Path(__file__).resolve().parents[1]
+NO_CTX = contextlib.nullcontext()
+
+
+def small_model(vocab: int = 512, seq: int = 64) -> Transformer:
+    torch.manual_seed(0)
+    args = dataclasses.replace(FLAVORS["debug"], vocab_size=vocab, max_seq_len=seq)
+    with torch.device("meta"):
+        model = Transformer(args)
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        model.init_weights()
+    return model
+
+
+def batch(tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"input": tokens[:, :-1], "label": tokens[:, 1:]}
+
+
+def test_debug_model_overfits_one_batch() -> None:
+    model = small_model()
+    fixed = batch(torch.randint(0, 512, (4, 65), generator=torch.Generator().manual_seed(1)))
+    opt = build_optimizer(model, Optimizer(lr=3e-3, weight_decay=0.0), "cpu")
+    losses = []
+    for _ in range(30):
+        opt.zero_grad()
+        losses.append(float(forward_backward(model, [fixed], torch.device("cpu"), NO_CTX, NO_CTX)))
+        opt.step()
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_grad_accumulation_equals_one_big_batch() -> None:
+    tokens = torch.randint(0, 512, (8, 65), generator=torch.Generator().manual_seed(2))
+    big, accumulated = small_model(), small_model()
+    loss_big = forward_backward(big, [batch(tokens)], torch.device("cpu"), NO_CTX, NO_CTX)
+    micro = [batch(chunk) for chunk in tokens.chunk(4)]
+    loss_acc = forward_backward(accumulated, micro, torch.device("cpu"), NO_CTX, NO_CTX)
+    torch.testing.assert_close(loss_acc, loss_big, rtol=1e-5, atol=1e-6)
+    for (name, p_big), p_acc in zip(big.named_parameters(), accumulated.parameters()):
+        torch.testing.assert_close(p_acc.grad, p_big.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+LOG_LINE = re.compile(r"step\s+(\d+)/\d+ \| loss ([\d.]+)")
+
+
+def test_run_train_sh_end_to_end(tmp_path: Path) -> None:
+    """The README's demo command, shortened: exits 0, logs a falling loss, leaves a checkpoint and config."""
+    env = {**os.environ, "MASTER_PORT": "29617"}
+    proc = subprocess.run(
+        ["./run_train.sh", "--config", "train_configs/debug_model.toml", "--max-steps", "40",
+         "--metrics.log_freq", "5", "--job.dump_folder", str(tmp_path), "--checkpoint.interval", "20"],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    losses = [float(loss) for _, loss in LOG_LINE.findall(proc.stdout)]
+    assert len(losses) == 8, proc.stdout[-3000:]
+    assert losses[-1] < losses[0] - 1.0, losses
+    assert (tmp_path / "config.toml").is_file()
+    assert (tmp_path / "checkpoints" / "step-40" / ".complete").is_file()
+    assert (tmp_path / "checkpoints" / "step-20" / ".complete").is_file()
