@@ -11,6 +11,8 @@ import logging
 import pickle
 import re
 import shutil
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +91,8 @@ class CheckpointManager:
         if self.is_rank0 and path.exists():  # a leftover of a crashed save at this step
             shutil.rmtree(path)
         _barrier()
-        dcp.save(dict(self.states), checkpoint_id=str(path))
+        with _single_process_quiet():
+            dcp.save(dict(self.states), checkpoint_id=str(path))
         _barrier()
         if self.is_rank0:
             (path / "config.toml").write_text(resolved_config)
@@ -117,7 +120,8 @@ class CheckpointManager:
                 f"the data stream is split per rank, so resume with {saved_dp} data-parallel ranks "
                 f"(change tensor_parallel_degree or the number of processes)"
             )
-        dcp.load(dict(self.states), checkpoint_id=str(path))
+        with _single_process_quiet():
+            dcp.load(dict(self.states), checkpoint_id=str(path))
         logger.info("resumed from %s (step %d)", path, step)
         return step
 
@@ -125,7 +129,8 @@ class CheckpointManager:
         if not any(isinstance(s, PerRankState) for s in self.states.values()):
             return None
         probe = {name: {"dp_world_size": 0} for name, s in self.states.items() if isinstance(s, PerRankState)}
-        dcp.load(probe, checkpoint_id=str(path))
+        with _single_process_quiet():
+            dcp.load(probe, checkpoint_id=str(path))
         return next(iter(probe.values()))["dp_world_size"]
 
     def _prune(self) -> None:
@@ -141,3 +146,11 @@ class CheckpointManager:
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+@contextmanager
+def _single_process_quiet():
+    """DCP warns on every call without a process group; one process is a supported setup here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
