@@ -458,9 +458,8 @@ def apply_override(cfg: JobConfig, key: str, raw: str) -> None:
 # Validation of combinations
 
 
-def dp_degree(cfg: JobConfig, world_size: int) -> int:
+def dp_degree(par: Parallelism, world_size: int) -> int:
     """Data-parallel degree (replicate x shard) for a world size; raises on an impossible mesh."""
-    par = cfg.parallelism
     for name in ("data_parallel_replicate_degree", "tensor_parallel_degree"):
         if getattr(par, name) < 1:
             raise ConfigError(f"parallelism.{name} must be >= 1, got {getattr(par, name)}")
@@ -479,12 +478,12 @@ def dp_degree(cfg: JobConfig, world_size: int) -> int:
 
 def grad_accum_steps(cfg: JobConfig, world_size: int) -> int:
     """Micro-batches per optimizer step so that the global batch stays as configured at any scale."""
-    per_step = cfg.training.micro_batch_size * dp_degree(cfg, world_size)
+    per_step = cfg.training.micro_batch_size * dp_degree(cfg.parallelism, world_size)
     if cfg.training.global_batch_size % per_step:
         raise ConfigError(
             f"training.global_batch_size ({cfg.training.global_batch_size}) must be divisible by "
             f"training.micro_batch_size ({cfg.training.micro_batch_size}) x data-parallel degree "
-            f"({dp_degree(cfg, world_size)}) = {per_step}"
+            f"({per_step // cfg.training.micro_batch_size}) = {per_step}"
         )
     return cfg.training.global_batch_size // per_step
 

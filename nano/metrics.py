@@ -85,9 +85,10 @@ class MetricsLogger:
         self._window_steps = 0
 
     def record(
-        self, step: int, *, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float, tokens: int, source_tokens: torch.Tensor
+        self, step: int, *, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float, tokens: int, tokens_seen: int,
+        source_tokens: torch.Tensor,
     ) -> None:
-        """Add one optimizer step (`tokens` = tokens this rank trained on); report when `step` is due."""
+        """Add one optimizer step (`tokens`: trained on by this rank; `tokens_seen`: by all ranks since step 0)."""
         self._window_tokens += tokens
         self._window_steps += 1
         self.source_tokens += source_tokens.cpu()
@@ -96,7 +97,7 @@ class MetricsLogger:
         elapsed = time.perf_counter() - self._window_start
         world = dist.get_world_size() if dist.is_initialized() else 1
         tokens_per_s = self._window_tokens / elapsed  # per device
-        self.tokens_seen += self._window_tokens * world
+        self.tokens_seen = tokens_seen
         loss_value = _global_mean(loss)
         norm_value = float(grad_norm)
         sources = self.source_tokens.clone()

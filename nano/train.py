@@ -212,22 +212,22 @@ def train(cfg: JobConfig) -> None:
         max_steps=cfg.training.max_steps, source_names=dataloader.source_names,
         device=runtime.device, rank=runtime.rank,
     )
-    metrics.tokens_seen = state.tokens_seen
     logger.info(
         "training steps %d -> %d: global batch %d = micro %d x accum %d x dp %d, %d tokens per step",
         state.step, cfg.training.max_steps, cfg.training.global_batch_size, cfg.training.micro_batch_size,
         accum, dims.dp_degree, cfg.training.global_batch_size * cfg.training.seq_len,
     )
-    run_loop(cfg, model, optimizer, scheduler, dataloader, checkpointer, metrics, state, accum,
-             compute_ctx=autocast_context(cfg, dims, runtime.device), loss_ctx=loss_context(dims, mesh, cfg),
+    run_loop(cfg, model, optimizer, scheduler, dataloader, checkpointer, metrics, state, accum, dp_degree=dims.dp_degree,
+             compute_ctx=autocast_context(cfg, dims, runtime.device), loss_ctx=loss_context(dims, cfg),
              device=runtime.device, resolved=resolved)
     metrics.close()
 
 
-def run_loop(cfg, model, optimizer, scheduler, dataloader, checkpointer, metrics, state, accum, *,
-             compute_ctx, loss_ctx, device, resolved) -> None:
+def run_loop(cfg: JobConfig, model: nn.Module, optimizer, scheduler, dataloader, checkpointer: CheckpointManager,
+             metrics: MetricsLogger, state: TrainState, accum: int, *, dp_degree: int, compute_ctx, loss_ctx,
+             device: torch.device, resolved: str) -> None:
     data = iter(dataloader)
-    tokens_per_micro = cfg.training.micro_batch_size * cfg.training.seq_len
+    tokens_per_step = cfg.training.micro_batch_size * cfg.training.seq_len * accum
     while state.step < cfg.training.max_steps:
         micro_batches = next_micro_batches(data, accum)
         optimizer.zero_grad(set_to_none=True)
@@ -240,12 +240,11 @@ def run_loop(cfg, model, optimizer, scheduler, dataloader, checkpointer, metrics
         optimizer.step()
         scheduler.step()
         state.step += 1
-        state.tokens_seen = metrics.tokens_seen
+        state.tokens_seen += tokens_per_step * dp_degree
         metrics.record(
-            state.step, loss=loss, grad_norm=grad_norm, lr=lr, tokens=tokens_per_micro * accum,
-            source_tokens=sum(b["source_tokens"] for b in micro_batches),
+            state.step, loss=loss, grad_norm=grad_norm, lr=lr, tokens=tokens_per_step, tokens_seen=state.tokens_seen,
+            source_tokens=torch.stack([b["source_tokens"].sum(0) for b in micro_batches]).sum(0),
         )
-        state.tokens_seen = metrics.tokens_seen
         if checkpointer.due(state.step, cfg.training.max_steps):
             checkpointer.save(state.step, resolved)
             metrics.reset_window()
