@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import random
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.distributed.checkpoint.stateful import Stateful
+from torch.distributed.tensor import DTensor
 
 from nano.checkpoint.manager import CheckpointManager, ModelAndOptimizer, PerRankState
 from nano.config import ConfigError, JobConfig, grad_accum_steps, load_config, to_toml
@@ -35,6 +37,7 @@ from nano.parallel.memory import check_fits, estimate_peak_memory
 from nano.parallel.parallelize import clip_grad_norm_, loss_context, parallelize
 
 logger = logging.getLogger("nano")
+ContextFactory = Callable[[], contextlib.AbstractContextManager]
 
 
 @dataclass
@@ -104,11 +107,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def autocast_context(cfg: JobConfig, dims: ParallelDims, device: torch.device) -> contextlib.AbstractContextManager:
+def autocast_context(cfg: JobConfig, dims: ParallelDims, device: torch.device) -> ContextFactory:
     """bf16 autocast on CUDA when FSDP's mixed-precision policy is not already casting."""
     if device.type == "cuda" and cfg.training.mixed_precision == "bf16" and not dims.fsdp_enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+        return functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -116,7 +119,8 @@ def autocast_context(cfg: JobConfig, dims: ParallelDims, device: torch.device) -
 
 
 def forward_backward(
-    model: nn.Module, micro_batches: list[dict[str, torch.Tensor]], device: torch.device, compute_ctx, loss_ctx
+    model: nn.Module, micro_batches: list[dict[str, torch.Tensor]], device: torch.device,
+    compute_ctx: ContextFactory = contextlib.nullcontext, loss_ctx: ContextFactory = contextlib.nullcontext,
 ) -> torch.Tensor:
     """Accumulate gradients over `micro_batches`; returns the mean loss (detached).
 
@@ -127,12 +131,12 @@ def forward_backward(
     for batch in micro_batches:
         inputs = batch["input"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)
-        with compute_ctx:
+        with compute_ctx():
             logits = model(inputs)
-        with loss_ctx:
+        with loss_ctx():
             loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten()) / len(micro_batches)
             loss.backward()
-        total += loss.detach()
+        total += (loss.full_tensor() if isinstance(loss, DTensor) else loss).detach()  # DTensor under loss parallel
     return total
 
 

@@ -1,4 +1,3 @@
-import contextlib
 import dataclasses
 import os
 import re
@@ -13,7 +12,6 @@ from nano.optim import build_optimizer
 from nano.train import forward_backward
 
 REPO = Path(__file__).resolve().parents[1]
-NO_CTX = contextlib.nullcontext()
 
 
 def small_model(vocab: int = 512, seq: int = 64) -> Transformer:
@@ -38,7 +36,7 @@ def test_debug_model_overfits_one_batch() -> None:
     losses = []
     for _ in range(30):
         opt.zero_grad()
-        losses.append(float(forward_backward(model, [fixed], torch.device("cpu"), NO_CTX, NO_CTX)))
+        losses.append(float(forward_backward(model, [fixed], torch.device("cpu"))))
         opt.step()
     assert losses[-1] < 0.5 * losses[0], losses
 
@@ -46,9 +44,9 @@ def test_debug_model_overfits_one_batch() -> None:
 def test_grad_accumulation_equals_one_big_batch() -> None:
     tokens = torch.randint(0, 512, (8, 65), generator=torch.Generator().manual_seed(2))
     big, accumulated = small_model(), small_model()
-    loss_big = forward_backward(big, [batch(tokens)], torch.device("cpu"), NO_CTX, NO_CTX)
+    loss_big = forward_backward(big, [batch(tokens)], torch.device("cpu"))
     micro = [batch(chunk) for chunk in tokens.chunk(4)]
-    loss_acc = forward_backward(accumulated, micro, torch.device("cpu"), NO_CTX, NO_CTX)
+    loss_acc = forward_backward(accumulated, micro, torch.device("cpu"))
     torch.testing.assert_close(loss_acc, loss_big, rtol=1e-5, atol=1e-6)
     for (name, p_big), p_acc in zip(big.named_parameters(), accumulated.parameters()):
         torch.testing.assert_close(p_acc.grad, p_big.grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -12,7 +12,7 @@ Only `parallelize()` reads the config; each `apply_*` takes explicit arguments.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -123,11 +123,11 @@ def apply_tp(model: Transformer, tp_mesh: DeviceMesh, loss_parallel_enabled: boo
             + (", loss parallel" if loss_parallel_enabled else ""))
 
 
-def loss_context(dims: ParallelDims, cfg: JobConfig) -> contextlib.AbstractContextManager:
-    """Where the loss and its backward run: on vocab-sharded logits when loss parallel is on."""
+def loss_context(dims: ParallelDims, cfg: JobConfig) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of the context the loss and its backward run in: vocab-sharded logits under loss parallel."""
     if dims.tp_enabled and cfg.parallelism.enable_loss_parallel:
-        return loss_parallel()
-    return contextlib.nullcontext()
+        return loss_parallel
+    return contextlib.nullcontext
 
 
 # ---------------------------------------------------------------------------------------------------------
