@@ -75,6 +75,7 @@ class MetricsLogger:
         self._window_start = time.perf_counter()
         self._window_tokens = 0
         self._window_steps = 0
+        self._window_loss = 0.0
         self.tokens_seen = 0
         self.source_tokens = torch.zeros(len(source_names), dtype=torch.long)
 
@@ -83,6 +84,7 @@ class MetricsLogger:
         self._window_start = time.perf_counter()
         self._window_tokens = 0
         self._window_steps = 0
+        self._window_loss = 0.0
 
     def record(
         self, step: int, *, loss: torch.Tensor, grad_norm: torch.Tensor, lr: float, tokens: int, tokens_seen: int,
@@ -91,6 +93,7 @@ class MetricsLogger:
         """Add one optimizer step (`tokens`: trained on by this rank; `tokens_seen`: by all ranks since step 0)."""
         self._window_tokens += tokens
         self._window_steps += 1
+        self._window_loss = self._window_loss + loss.detach()  # a tensor sum: no device sync until the report
         self.source_tokens += source_tokens.cpu()
         if step % self.cfg.log_freq and step != self.max_steps:
             return
@@ -98,7 +101,7 @@ class MetricsLogger:
         world = dist.get_world_size() if dist.is_initialized() else 1
         tokens_per_s = self._window_tokens / elapsed  # per device
         self.tokens_seen = tokens_seen
-        loss_value = _global_mean(loss)
+        loss_value = _global_mean(self._window_loss / self._window_steps)  # mean over the steps since the last line
         norm_value = float(grad_norm)
         sources = self.source_tokens.clone()
         if dist.is_initialized():

@@ -81,11 +81,13 @@ def stdlib_sources(limit_bytes: int) -> list[dict]:
     """Python code: the standard library's own modules (PSF license)."""
     lib = Path(sysconfig.get_paths()["stdlib"])
     rows, total = [], 0
-    for path in sorted(lib.glob("*.py")):
+    for path in sorted(lib.rglob("*.py")):
+        relative = path.relative_to(lib).as_posix()
         content = path.read_text(encoding="utf-8", errors="ignore")
-        if not 1000 < len(content) < 40000:
+        # Short modules only, so that code does not crowd out the other sources' tokens in the small demo.
+        if "test" in relative or "site-packages" in relative or not 1000 < len(content) < 6000:
             continue
-        rows.append({"content": content, "max_stars_repo_path": f"Lib/{path.name}", "max_stars_repo_name": "python/cpython",
+        rows.append({"content": content, "max_stars_repo_path": f"Lib/{relative}", "max_stars_repo_name": "python/cpython",
                      "lang": "Python", "ext": "py", "size": len(content.encode())})
         total += len(content)
         if total > limit_bytes:

@@ -1,6 +1,7 @@
 import dataclasses
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -70,3 +71,46 @@ def test_run_train_sh_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "config.toml").is_file()
     assert (tmp_path / "checkpoints" / "step-40" / ".complete").is_file()
     assert (tmp_path / "checkpoints" / "step-20" / ".complete").is_file()
+
+
+def run(*args: str, nproc: int = 1, port: int = 29631) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NGPU": str(nproc), "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["./run_train.sh", "--config", "train_configs/debug_model.toml", "--metrics.log_freq", "1", *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def logged_losses(stdout: str) -> dict[int, str]:
+    return {int(step): loss for step, loss in LOG_LINE.findall(stdout)}
+
+
+def crash_and_resume(tmp_path: Path, *extra: str, nproc: int = 1) -> None:
+    """Train 8 steps saving at 4 and 8; lose step 8 as if the run died after step 4; --resume must retrace steps 5-8."""
+    common = ["--job.dump_folder", str(tmp_path), "--max-steps", "8", "--checkpoint.interval", "4",
+              "--checkpoint.keep_latest_k", "0", "--lr_scheduler.warmup_steps", "2", *extra]
+    full = logged_losses(run(*common, nproc=nproc).stdout)
+    assert sorted(full) == list(range(1, 9))
+    shutil.rmtree(tmp_path / "checkpoints" / "step-8")
+    resumed = run(*common, "--resume", nproc=nproc)
+    assert "resumed from" in resumed.stdout and "step-4" in resumed.stdout
+    again = logged_losses(resumed.stdout)
+    assert sorted(again) == [5, 6, 7, 8]
+    assert {s: full[s] for s in again} == again  # the same data, weights and optimizer state: the same losses
+
+
+def test_resume_retraces_the_uninterrupted_run(tmp_path: Path) -> None:
+    crash_and_resume(tmp_path, "--data.num_workers", "2")
+
+
+def test_fsdp_two_ranks_train_and_resume_exactly(tmp_path: Path) -> None:
+    crash_and_resume(tmp_path, "--training.micro_batch_size", "4", nproc=2)
+
+
+def test_policies_from_the_command_line(tmp_path: Path) -> None:
+    proc = run("--job.dump_folder", str(tmp_path), "--max-steps", "2", "--checkpoint.no-enable",
+               "--compile.enable", "--activation_checkpoint.mode", "selective_op",
+               "--float8.enable", "--float8.emulate")
+    assert "float8 (tensorwise, emulated)" in proc.stdout
+    assert "activation checkpointing selective_op" in proc.stdout and "torch.compile: each of 4 blocks" in proc.stdout
+    assert sorted(logged_losses(proc.stdout)) == [1, 2]
