@@ -101,6 +101,28 @@ def build_model_args(cfg: JobConfig, tokenizer: Tokenizer) -> ModelArgs:
     )
 
 
+def build_model(cfg: JobConfig, args: ModelArgs, dims: ParallelDims, mesh, device: torch.device) -> nn.Module:
+    """meta -> (memory check) -> parallelize -> to_empty -> init_weights: no full-size copy ever exists."""
+    if device.type == "cuda":
+        estimate = estimate_peak_memory(args, cfg, dims)
+        logger.info("estimated peak memory per device: %s", estimate)
+        check_fits(estimate, torch.cuda.get_device_properties(device).total_memory)
+    with torch.device("meta"):
+        model = Transformer(args)
+    logger.info(
+        "model %s: %.3fB parameters (%.3fB without embeddings and head), %.2f GFLOPs per token (training)",
+        cfg.model.flavor, num_params(model) / 1e9, num_params(model, exclude_embeddings=True) / 1e9,
+        flops_per_token(args, cfg.training.seq_len) / 1e9,
+    )
+    for line in parallelize(model, dims, mesh, cfg, device.type):
+        logger.info("parallelize: %s", line)
+    model.to_empty(device=device)
+    with torch.no_grad():
+        model.init_weights(buffer_device=device)
+    model.train()
+    return model
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -170,25 +192,9 @@ def train(cfg: JobConfig) -> None:
         dp_rank=dp_rank, dp_world_size=dims.dp_degree, seed=cfg.job.seed,
     )
     accum = grad_accum_steps(cfg, runtime.world_size)
-    if runtime.device.type == "cuda":
-        estimate = estimate_peak_memory(args, cfg, dims)
-        logger.info("estimated peak memory per device: %s", estimate)
-        check_fits(estimate, torch.cuda.get_device_properties(runtime.device).total_memory)
 
-    with torch.device("meta"):
-        model = Transformer(args)
-    total_params, body_params = num_params(model), num_params(model, exclude_embeddings=True)
+    model = build_model(cfg, args, dims, mesh, runtime.device)
     fpt = flops_per_token(args, cfg.training.seq_len)
-    logger.info(
-        "model %s: %.3fB parameters (%.3fB without embeddings), %.2f GFLOPs per token (training)",
-        cfg.model.flavor, total_params / 1e9, body_params / 1e9, fpt / 1e9,
-    )
-    for line in parallelize(model, dims, mesh, cfg, runtime.device.type):
-        logger.info("parallelize: %s", line)
-    model.to_empty(device=runtime.device)
-    with torch.no_grad():
-        model.init_weights(buffer_device=runtime.device)
-    model.train()
 
     optimizer = build_optimizer(model, cfg.optimizer, runtime.device.type)
     scheduler = build_lr_scheduler(optimizer, cfg.lr_scheduler, cfg.training.max_steps)
@@ -225,6 +231,8 @@ def train(cfg: JobConfig) -> None:
              compute_ctx=autocast_context(cfg, dims, runtime.device), loss_ctx=loss_context(dims, cfg),
              device=runtime.device, resolved=resolved)
     metrics.close()
+    if dist.is_initialized():
+        dist.barrier()  # every rank finished its last step and save before the group goes away
 
 
 def run_loop(cfg: JobConfig, model: nn.Module, optimizer, scheduler, dataloader, checkpointer: CheckpointManager,
@@ -258,14 +266,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
     argv = sys.argv[1:] if argv is None else argv
     try:
-        cfg = load_config(argv, world_size=int(os.environ.get("WORLD_SIZE", 1)))
-        train(cfg)
+        if not any(a == "--config" or a.startswith("--config=") or a in ("-h", "--help") for a in argv):
+            raise ConfigError("--config FILE is required, e.g. --config train_configs/debug_model.toml")
+        train(load_config(argv, world_size=int(os.environ.get("WORLD_SIZE", 1))))
     except (ConfigError, SourceError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
         if dist.is_initialized():
-            dist.barrier()
             dist.destroy_process_group()
     return 0
 

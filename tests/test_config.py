@@ -164,3 +164,9 @@ def test_cli_help_lists_keys() -> None:
     proc = run_cli("--help")
     assert proc.returncode == 0
     assert "--optimizer.lr float" in proc.stdout and "--resume" in proc.stdout
+
+
+def test_cli_requires_a_config_file() -> None:
+    proc = run_cli("--max-steps", "5")
+    assert proc.returncode == 2
+    assert "--config FILE is required" in proc.stderr

@@ -11,19 +11,13 @@ from nano.config import Optimizer
 from nano.models.llama import FLAVORS, Transformer
 from nano.optim import build_optimizer
 from nano.train import forward_backward
+from tests.tiny import reference_model
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def small_model(vocab: int = 512, seq: int = 64) -> Transformer:
-    torch.manual_seed(0)
-    args = dataclasses.replace(FLAVORS["debug"], vocab_size=vocab, max_seq_len=seq)
-    with torch.device("meta"):
-        model = Transformer(args)
-    model.to_empty(device="cpu")
-    with torch.no_grad():
-        model.init_weights()
-    return model
+def small_model() -> Transformer:
+    return reference_model(dataclasses.replace(FLAVORS["debug"], vocab_size=512, max_seq_len=64))
 
 
 def batch(tokens: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ from nano.config import load_config
 from nano.models.llama import Transformer
 from nano.parallel.dims import ParallelDims
 from nano.parallel.parallelize import loss_context, parallelize
-from tests.parallel.helpers import GLOBAL_BATCH, TINY, reference_model, train
+from tests.tiny import GLOBAL_BATCH, TINY, reference_model, train
 
 SCENARIOS = {
     "fsdp": [],

@@ -12,7 +12,7 @@ from nano.parallel.memory import check_fits, estimate_peak_memory
 from nano.parallel.parallelize import apply_ac, apply_compile, apply_float8, parallelize
 from nano.config import Float8
 from nano.train import forward_backward
-from tests.parallel.helpers import TINY, batches, reference_model, train
+from tests.tiny import TINY, batches, reference_model, train
 
 
 def grads_after_one_step(model: torch.nn.Module) -> dict[str, torch.Tensor]:

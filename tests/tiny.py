@@ -1,4 +1,4 @@
-"""A tiny model and a training step shared by the single-process and the torchrun parallelism tests."""
+"""A tiny model and a training step shared by the trainer, single-process and torchrun parallelism tests."""
 
 import contextlib
 
