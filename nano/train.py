@@ -103,9 +103,9 @@ def build_model_args(cfg: JobConfig, tokenizer: Tokenizer) -> ModelArgs:
 
 def build_model(cfg: JobConfig, args: ModelArgs, dims: ParallelDims, mesh, device: torch.device) -> nn.Module:
     """meta -> (memory check) -> parallelize -> to_empty -> init_weights: no full-size copy ever exists."""
+    estimate = estimate_peak_memory(args, cfg, dims)
+    logger.info("estimated peak memory per device: %s", estimate)
     if device.type == "cuda":
-        estimate = estimate_peak_memory(args, cfg, dims)
-        logger.info("estimated peak memory per device: %s", estimate)
         check_fits(estimate, torch.cuda.get_device_properties(device).total_memory)
     with torch.device("meta"):
         model = Transformer(args)

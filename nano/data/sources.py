@@ -48,43 +48,48 @@ def _spec(name: str, hub_id: str, subset: str | None, fmt: str, columns: tuple[s
                       columns=columns, gated=kw.pop("gated", False), card=card, **kw)
 
 
-# Columns checked against each card's `dataset_info.features` (or its viewer) on the page named.
+# Columns: what each dataset's card lists (`dataset_info.features` or its data-fields section). Where the card
+# text did not show them, they were checked on copies that keep the schema or on code that loads the dataset
+# (named below); the formatter reads only `columns`, and check_columns() names any mismatch at start-up.
 REGISTRY: dict[str, SourceSpec] = {
     s.name: s
     for s in (
-        # text (string), id, dump, url, date, file_path, language, language_score, token_count, score, int_score
+        # text, id, dump, url, file_path, language, language_score, token_count, score, int_score
+        # (seen on subsets keeping the schema: TEL-LLM/fineweb-edu-1M, abideen/fineweb-edu-100k)
         _spec("fineweb_edu", "HuggingFaceFW/fineweb-edu", None, "text", ("text",),
               "https://huggingface.co/datasets/HuggingFaceFW/fineweb-edu"),
-        # text, timestamp, url, source; gated (accept the terms on the card)
+        # text, timestamp, url, source (four-two-labs/culturax-nord keeps the schema); gated: accept the card's terms
         _spec("culturax_de", "uonlp/CulturaX", "de", "text", ("text",),
               "https://huggingface.co/datasets/uonlp/CulturaX", gated=True),
-        # content, plus repository metadata (max_stars_repo_path, ...); gated; languages by data_dir
+        # content, size, lang, ext, hexsha, max_{stars,forks,issues}_repo_{path,name,...}, avg_line_length, ...
+        # (the card's "Data Fields"); gated; one folder per language, streamed with data_dir="data/python"
         _spec("the_stack_python", "bigcode/the-stack-dedup", None, "the_stack", ("content",),
               "https://huggingface.co/datasets/bigcode/the-stack-dedup", gated=True, data_dir="data/python"),
-        # question, answer ("... <<48/2=24>> ... #### 72")
+        # question, answer ("... <<48/2=24>> ... #### 72"); config main (parquet main/train-*)
         _spec("gsm8k", "openai/gsm8k", "main", "gsm8k", ("question", "answer"),
               "https://huggingface.co/datasets/openai/gsm8k"),
-        # type, query, original_question, response ("... The answer is: 72")
+        # type, query, original_question, response ("... The answer is: 72"); one JSON file (MetaMathQA-395K.json);
+        # columns as on upb-nlp/MetaMathQA-dedup
         _spec("metamathqa", "meta-math/MetaMathQA", None, "metamathqa", ("query", "response"),
               "https://huggingface.co/datasets/meta-math/MetaMathQA"),
-        # id, system_prompt, question, response
+        # id, system_prompt, question, response (as on ctuning/MLPerf-OpenOrca and other OpenOrca subsets)
         _spec("openorca", "Open-Orca/OpenOrca", None, "openorca", ("system_prompt", "question", "response"),
               "https://huggingface.co/datasets/Open-Orca/OpenOrca"),
-        # input, output, instruction, data_source
+        # input, output, instruction (card's dataset_info), data_source (added in a later revision)
         _spec("open_platypus", "garage-bAInd/Open-Platypus", None, "platypus", ("instruction", "input", "output"),
               "https://huggingface.co/datasets/garage-bAInd/Open-Platypus"),
-        # question, answer
+        # question, answer (the card's dataset_info: 200,035 train rows in parquet data/train-*)
         _spec("orca_math", "microsoft/orca-math-word-problems-200k", None, "orca_math", ("question", "answer"),
               "https://huggingface.co/datasets/microsoft/orca-math-word-problems-200k"),
-        # role_1, topic;, sub_topic, message_1 (problem), message_2 (solution)
+        # role_1, topic; (sic), sub_topic, message_1 (problem), message_2 (solution), as on rhgt1996/camel_math_split
         _spec("camel_math", "camel-ai/math", None, "camel_math", ("message_1", "message_2"),
               "https://huggingface.co/datasets/camel-ai/math"),
-        # id, data (list of alternating user/assistant utterances)
+        # id, data (a list of alternating user/assistant utterances; the card's "Dataset Structure"), train_*.jsonl
         _spec("ultrachat", "stingning/ultrachat", None, "ultrachat", ("data",),
               "https://huggingface.co/datasets/stingning/ultrachat"),
-        # German translation of Open-Platypus: instruction/output with *_de counterparts. The stored card's
-        # viewer did not load when this entry was written, so the columns are unconfirmed there;
-        # check_columns names any mismatch at start-up.
+        # German translation of Open-Platypus (LeoLM's model card): instruction/output with *_de counterparts.
+        # Not confirmed on the card itself; instruction_de/output_de are what code loading this dataset reads
+        # (e.g. flozi00/nlp-data-experiments, datas/schnabeltier.py); check_columns names any mismatch at start-up.
         _spec("openschnabeltier", "LeoLM/OpenSchnabeltier", None, "schnabeltier", ("instruction_de", "output_de"),
               "https://huggingface.co/datasets/LeoLM/OpenSchnabeltier"),
     )

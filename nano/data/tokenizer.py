@@ -7,6 +7,7 @@ pieces, so each encodes to one id and the vocab grows to 32006 (the model pads i
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -40,7 +41,8 @@ class Tokenizer:
         return self.sp.encode(text)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return self.sp.encode(texts, num_threads=1)
+        """Encode many texts on all cores (sentencepiece's own thread pool), for bulk jobs outside the loader."""
+        return self.sp.encode(texts, num_threads=os.cpu_count() or 1)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.sp.decode(list(ids))
@@ -84,7 +86,7 @@ def train_tokenizer(texts: Iterable[str], output_prefix: str | Path, vocab_size:
         character_coverage=0.9999,
         user_defined_symbols=list(SPECIAL_TOKENS),
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-        num_threads=2,
+        num_threads=os.cpu_count() or 1,
         minloglevel=2,
     )
     return output_prefix.with_suffix(".model")
