@@ -388,6 +388,7 @@ def _split_cli(argv: list[str]) -> tuple[str | None, list[tuple[str, str]], bool
             overrides.append((key.replace(".no-", "."), "false" if ".no-" in key else "true"))
         else:
             if i >= len(argv):
+                _resolve_field(JobConfig(), key.split("."))  # an unknown key is the better message
                 raise ConfigError(f"--{key} needs a value")
             overrides.append((key, argv[i]))
             i += 1
@@ -397,60 +398,45 @@ def _split_cli(argv: list[str]) -> tuple[str | None, list[tuple[str, str]], bool
 def _is_flag(key: str) -> bool:
     """True for --section.flag / --section.no-flag of a boolean field (takes no value)."""
     try:
-        _, tp = _resolve_field(JobConfig(), key.replace(".no-", "."))
+        _, tp = _resolve_field(JobConfig(), key.replace(".no-", ".").split("."))
     except ConfigError:
         return False
     return tp is bool
 
 
-def _resolve_field(cfg: JobConfig, key: str) -> tuple[Any, Any]:
-    """Walk a dotted key to (owning object, field type), creating dict entries (new data sources) on the way."""
-    parts = key.split(".")
-    obj: Any = cfg
-    for depth, part in enumerate(parts):
-        path = ".".join(parts[: depth + 1])
-        if isinstance(obj, dict):
-            raise ConfigError(f"'{key}' is not a key")  # pragma: no cover - dicts are handled below
-        types_ = field_types(type(obj))
-        if part not in types_:
-            raise ConfigError(f"unknown key '{key}'{_closest(key, _all_keys(cfg))}")
-        tp = types_[part]
-        if depth == len(parts) - 1:
-            if dataclasses.is_dataclass(tp) or typing.get_origin(tp) is dict:
-                raise ConfigError(f"'{key}' is a table; set one of its keys, e.g. --{key}.<key> value")
-            return obj, tp
-        if typing.get_origin(tp) is dict:
-            _, item_cls = typing.get_args(tp)
-            mapping = getattr(obj, part)
-            if depth + 2 >= len(parts):
-                raise ConfigError(f"'{key}': name an entry and a key, e.g. --{path}.<name>.weight 1")
-            name = parts[depth + 1]
-            mapping.setdefault(name, item_cls())
-            rest = ".".join(parts[depth + 2 :])
-            owner, leaf_tp = _resolve_field_in(mapping[name], rest, f"{path}.{name}")
-            return owner, leaf_tp
-        obj = getattr(obj, part)
-    raise ConfigError(f"'{key}' is not a key")  # pragma: no cover
-
-
-def _resolve_field_in(obj: Any, key: str, prefix: str) -> tuple[Any, Any]:
+def _resolve_field(obj: Any, parts: list[str], prefix: str = "") -> tuple[Any, Any]:
+    """Walk dotted key parts to (owning object, field type); a new name in a dict table (a new data source)
+    creates its entry."""
+    head, *rest = parts
+    key = f"{prefix}.{head}" if prefix else head
     types_ = field_types(type(obj))
-    if "." in key or key not in types_:
-        full = f"{prefix}.{key}"
-        raise ConfigError(f"unknown key '{full}'{_closest(full, [f'{prefix}.{k}' for k in types_])}")
-    return obj, types_[key]
+    if head not in types_:
+        full = ".".join([key, *rest])
+        options = _all_keys(obj) if not prefix else [f"{prefix}.{k}" for k in types_]
+        raise ConfigError(f"unknown key '{full}'{_closest(full if not prefix else key, options)}")
+    tp = types_[head]
+    is_table = dataclasses.is_dataclass(tp) or typing.get_origin(tp) is dict
+    if not rest:
+        if is_table:
+            raise ConfigError(f"'{key}' is a table; set one of its keys, e.g. --{key}.<key> value")
+        return obj, tp
+    if dataclasses.is_dataclass(tp):
+        return _resolve_field(getattr(obj, head), rest, key)
+    if typing.get_origin(tp) is dict:
+        if len(rest) < 2:
+            raise ConfigError(f"'{key}.{rest[0]}': name an entry and a key, e.g. --{key}.<name>.weight 1")
+        entry = getattr(obj, head).setdefault(rest[0], typing.get_args(tp)[1]())
+        return _resolve_field(entry, rest[1:], f"{key}.{rest[0]}")
+    raise ConfigError(f"'{key}' is a {type_name(tp)}, not a table: unknown key '{'.'.join([key, *rest])}'")
 
 
 def _all_keys(cfg: JobConfig) -> list[str]:
-    keys = []
-    for section in dataclasses.fields(cfg):
-        for f in dataclasses.fields(getattr(cfg, section.name)):
-            keys.append(f"{section.name}.{f.name}")
-    return keys
+    return [f"{section.name}.{f.name}" for section in dataclasses.fields(cfg)
+            for f in dataclasses.fields(getattr(cfg, section.name))]
 
 
 def apply_override(cfg: JobConfig, key: str, raw: str) -> None:
-    owner, tp = _resolve_field(cfg, key)
+    owner, tp = _resolve_field(cfg, key.split("."))
     setattr(owner, key.rsplit(".", 1)[-1], _convert(raw, tp, key, from_cli=True))
 
 

@@ -95,11 +95,15 @@ def stdlib_sources(limit_bytes: int) -> list[dict]:
     return rows
 
 
-def module_summaries() -> list[tuple[str, str, list[tuple[str, str]]]]:
-    """(module, first docstring paragraph, [(function, first docstring line)]) from the stdlib sources."""
+def module_summaries() -> list[tuple[str, str, list[tuple[str, str, str]]]]:
+    """(module, first docstring paragraph, [(kind, name, docstring)] of its public functions and classes)
+    from the standard library's sources, packages included."""
     lib = Path(sysconfig.get_paths()["stdlib"])
     out = []
-    for path in sorted(lib.glob("*.py")):
+    for path in sorted(lib.rglob("*.py")):
+        relative = path.relative_to(lib).with_suffix("").as_posix()
+        if "test" in relative or "site-packages" in relative or "idlelib" in relative:
+            continue
         try:
             tree = ast.parse(path.read_text(encoding="utf-8", errors="ignore"))
         except SyntaxError:
@@ -107,9 +111,11 @@ def module_summaries() -> list[tuple[str, str, list[tuple[str, str]]]]:
         doc = ast.get_docstring(tree)
         if not doc or len(doc) < 60:
             continue
-        funcs = [(n.name, ast.get_docstring(n).strip().splitlines()[0]) for n in tree.body
-                 if isinstance(n, ast.FunctionDef) and not n.name.startswith("_") and ast.get_docstring(n)]
-        out.append((path.stem, doc.strip().split("\n\n")[0], funcs[:6]))
+        defs = [("function" if isinstance(n, ast.FunctionDef) else "class", n.name, ast.get_docstring(n).strip())
+                for n in tree.body
+                if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_") and ast.get_docstring(n)]
+        module = relative.removesuffix("/__init__").replace("/", ".")
+        out.append((module, doc.strip().split("\n\n")[0], defs))
     return out
 
 
@@ -196,21 +202,30 @@ def platypus_rows(n: int) -> list[dict]:
 
 
 def openorca_rows(summaries) -> list[dict]:
+    """A question per module (answered by its docstring summary) and per public function (by its docstring)."""
     systems = ["", "You are a helpful assistant who explains Python clearly.",
                "You are an AI assistant. Answer the question using the documentation."]
-    return [{"id": f"demo.{i}", "system_prompt": systems[i % 3],
-             "question": f"What is the Python standard library module `{mod}` for?", "response": summary}
-            for i, (mod, summary, _) in enumerate(summaries)]
+    pairs = []
+    for mod, summary, defs in summaries:
+        pairs.append((f"What is the Python standard library module `{mod}` for?", summary))
+        pairs += [(f"What does the function `{mod}.{name}` do?", doc) for kind, name, doc in defs if kind == "function"]
+    return [{"id": f"demo.{i}", "system_prompt": systems[i % 3], "question": question, "response": response}
+            for i, (question, response) in enumerate(pairs)]
 
 
 def ultrachat_rows(summaries) -> list[dict]:
+    """Three-turn dialogues about a module: what it is for, what it offers, and one of its definitions in full."""
     rows = []
-    for i, (mod, summary, funcs) in enumerate(summaries):
-        if not funcs:
+    for i, (mod, summary, defs) in enumerate(summaries):
+        if not defs:
             continue
-        listing = "\n".join(f"- `{name}`: {line}" for name, line in funcs)
-        rows.append({"id": str(i), "data": [f"Can you tell me about Python's `{mod}` module?", summary,
-                                            "Which functions does it offer?", f"Some of its public functions:\n{listing}"]})
+        listing = "\n".join(f"- {kind} `{name}`: {doc.splitlines()[0]}" for kind, name, doc in defs[:8])
+        kind, name, doc = defs[0]
+        rows.append({"id": str(i), "data": [
+            f"Can you tell me about Python's `{mod}` module?", summary,
+            "Which functions and classes does it offer?", f"Some of its public definitions:\n{listing}",
+            f"What does the {kind} `{name}` do exactly?", doc,
+        ]})
     return rows
 
 

@@ -111,6 +111,8 @@ def test_seed_aliases(alias, value, section, key, expected, tmp_path: Path) -> N
         (["--hub.push"], "hub.repo_id is empty"),
         (["--config", "does/not/exist.toml"], "config file not found: does/not/exist.toml"),
         (["stray"], "unexpected argument 'stray'"),
+        (["--compile.enabl"], "unknown key 'compile.enabl' (did you mean 'compile.enable'?)"),
+        (["--data.sources"], "'data.sources' is a table"),
     ],
 )
 def test_bad_input_names_the_key(argv: list[str], message: str) -> None:
