@@ -23,6 +23,7 @@ OUT = Path(__file__).resolve().parents[1] / "assets" / "demo"
 PY_DOCS = Path("/usr/share/doc/python3-doc/html/_sources")
 FORTUNES = Path("/usr/share/games/fortunes/de")
 rng = random.Random(1234)
+TITLE = re.compile(r"^([=~*#^-])\1+$", re.MULTILINE)
 
 
 def need(path: Path, package: str) -> None:
@@ -96,13 +97,14 @@ def stdlib_sources(limit_bytes: int) -> list[dict]:
 
 
 def module_summaries() -> list[tuple[str, str, list[tuple[str, str, str]]]]:
-    """(module, first docstring paragraph, [(kind, name, docstring)] of its public functions and classes)
-    from the standard library's sources, packages included."""
+    """(module, a docstring paragraph, [(kind, name, docstring)] of its public functions and classes) for each
+    public standard-library module, packages included."""
     lib = Path(sysconfig.get_paths()["stdlib"])
     out = []
     for path in sorted(lib.rglob("*.py")):
         relative = path.relative_to(lib).with_suffix("").as_posix()
-        if "test" in relative or "site-packages" in relative or "idlelib" in relative:
+        module = relative.removesuffix("/__init__").replace("/", ".")
+        if "test" in relative or "site-packages" in relative or "idlelib" in relative or "._" in f".{module}":
             continue
         try:
             tree = ast.parse(path.read_text(encoding="utf-8", errors="ignore"))
@@ -111,11 +113,15 @@ def module_summaries() -> list[tuple[str, str, list[tuple[str, str, str]]]]:
         doc = ast.get_docstring(tree)
         if not doc or len(doc) < 60:
             continue
+        # The first paragraph that is neither a reST title ("ast\n~~~") nor the bare module name: usually its purpose.
+        summary = next((p.strip() for p in doc.split("\n\n") if len(p.strip()) >= 20 and not TITLE.search(p)
+                        and p.strip() != module), None)
+        if summary is None:
+            continue
         defs = [("function" if isinstance(n, ast.FunctionDef) else "class", n.name, ast.get_docstring(n).strip())
                 for n in tree.body
                 if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and not n.name.startswith("_") and ast.get_docstring(n)]
-        module = relative.removesuffix("/__init__").replace("/", ".")
-        out.append((module, doc.strip().split("\n\n")[0], defs))
+        out.append((module, summary, defs))
     return out
 
 

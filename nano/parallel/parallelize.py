@@ -37,6 +37,9 @@ from nano.parallel.dims import ParallelDims
 
 def parallelize(model: Transformer, dims: ParallelDims, mesh: DeviceMesh | None, cfg: JobConfig, device_type: str) -> list[str]:
     """Apply every configured policy in place; returns the plan, one line per step, for the start-up log."""
+    if model.args.tie_embeddings and (dims.fsdp_enabled or dims.tp_enabled):
+        raise ConfigError("model.tie_embeddings works on one process only for now: a matrix shared by the "
+                          "embedding and the head cannot be sharded as two modules; set model.tie_embeddings = false")
     plan = [f"mesh: dp_replicate={dims.dp_replicate} dp_shard={dims.dp_shard} tp={dims.tp} "
             f"(world size {dims.world_size})"]
     if cfg.float8.enable:
@@ -193,12 +196,10 @@ def apply_fsdp(model: Transformer, dp_mesh: DeviceMesh, *, param_dtype: torch.dt
     def reshard_for(is_last: bool) -> bool:
         return {"always": True, "never": False}.get(reshard, not is_last)
 
-    if not model.args.tie_embeddings:  # a tied matrix must live in one group: the root's
-        fully_shard(model.tok_embeddings, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_for(False))
+    fully_shard(model.tok_embeddings, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_for(False))
     for index, block in enumerate(blocks):
         fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_for(index == len(blocks) - 1))
-    if not model.args.tie_embeddings:
-        fully_shard([model.norm, model.output], mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_for(True))
+    fully_shard([model.norm, model.output], mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_for(True))
     fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_for(True))
     kind = "HSDP (replicate x shard)" if hsdp else "FSDP2"
     return f"{kind} over {dp_mesh.size()} ranks: params {str(param_dtype).removeprefix('torch.')}, reduce float32"

@@ -109,3 +109,11 @@ def test_memory_estimate_orders_the_checkpointing_modes_and_refuses_what_cannot_
     with pytest.raises(ConfigError, match="lower --batch-size"):
         check_fits(totals["none"], device_memory=24 * 2**30)
     check_fits(totals["full"], device_memory=80 * 2**30)
+
+
+def test_tied_embeddings_are_refused_when_sharded() -> None:
+    with torch.device("meta"):
+        model = Transformer(dataclasses.replace(TINY, tie_embeddings=True))
+    sharded = ParallelDims(dp_replicate=1, dp_shard=2, tp=1, world_size=2)
+    with pytest.raises(ConfigError, match="model.tie_embeddings works on one process only"):
+        parallelize(model, sharded, None, load_config([]), "cpu")
