@@ -65,6 +65,12 @@ def test_run_train_sh_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "config.toml").is_file()
     assert (tmp_path / "checkpoints" / "step-40" / ".complete").is_file()
     assert (tmp_path / "checkpoints" / "step-20" / ".complete").is_file()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "logs" / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss/train")] == [5 * i for i in range(1, 9)]
+    assert events.Scalars("data/tokens/gsm8k")[-1].value > 0  # per-source token counts reach TensorBoard
 
 
 def run(*args: str, nproc: int = 1, port: int = 29631) -> subprocess.CompletedProcess[str]:

@@ -40,10 +40,6 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(text)
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Encode many texts on all cores (sentencepiece's own thread pool), for bulk jobs outside the loader."""
-        return self.sp.encode(texts, num_threads=os.cpu_count() or 1)
-
     def decode(self, ids: Sequence[int]) -> str:
         return self.sp.decode(list(ids))
 
