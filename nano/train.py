@@ -206,9 +206,9 @@ def train(cfg: JobConfig) -> None:
             "train": ModelAndOptimizer(model, optimizer),
             "lr_scheduler": scheduler,
             "train_state": state,
-            "dataloader": PerRankState(dataloader, dp_rank, dims.dp_degree),
+            "dataloader": PerRankState(dataloader, dp_rank),
         },
-        dp_world_size=dims.dp_degree,
+        layout={"dp_world_size": dims.dp_degree, "vocab_size": args.vocab_size},
         is_rank0=runtime.is_rank0,
     )
     if cfg.checkpoint.resume:

@@ -48,17 +48,13 @@ class ModelAndOptimizer(Stateful):
 
 
 class PerRankState(Stateful):
-    """An object whose state differs per data-parallel rank (data loader): each rank saves under its own key.
+    """An object whose state differs per data-parallel rank (the data loader): each rank saves its own key."""
 
-    The data-parallel world size is saved with it, and a resume under a different size is refused by name
-    rather than silently feeding some ranks another rank's stream.
-    """
-
-    def __init__(self, obj: Any, dp_rank: int, dp_world_size: int) -> None:
-        self.obj, self.key, self.dp_world_size = obj, f"dp_rank_{dp_rank}", dp_world_size
+    def __init__(self, obj: Any, dp_rank: int) -> None:
+        self.obj, self.key = obj, f"dp_rank_{dp_rank}"
 
     def state_dict(self) -> dict[str, Any]:
-        return {self.key: pickle.dumps(self.obj.state_dict()), "dp_world_size": self.dp_world_size}
+        return {self.key: pickle.dumps(self.obj.state_dict())}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.obj.load_state_dict(pickle.loads(state_dict[self.key]))
@@ -76,12 +72,26 @@ def step_dirs(folder: Path, complete_only: bool = True) -> list[tuple[int, Path]
     return sorted(found)
 
 
-class CheckpointManager:
-    """Owns the checkpoint folder of one run."""
+# What a resume must match, with the fix to name when it does not.
+LAYOUT_HINTS = {
+    "dp_world_size": "the data stream is split per data-parallel rank: resume with the saved number of "
+                     "data-parallel ranks (processes / tensor_parallel_degree)",
+    "vocab_size": "the model's vocabulary follows the tokenizer: resume with the data.tokenizer it was trained with",
+}
 
-    def __init__(self, cfg: Checkpoint, folder: Path, states: dict[str, Stateful], *, dp_world_size: int, is_rank0: bool) -> None:
-        self.cfg, self.folder, self.states = cfg, folder, states
-        self.dp_world_size, self.is_rank0 = dp_world_size, is_rank0
+
+class CheckpointManager:
+    """Owns the checkpoint folder of one run.
+
+    `layout` (e.g. data-parallel size, vocab size) is saved with every checkpoint and checked before
+    anything else is loaded, so a mismatched resume fails with both values named, not a shape error.
+    """
+
+    def __init__(self, cfg: Checkpoint, folder: Path, states: dict[str, Stateful], *, layout: dict[str, int],
+                 is_rank0: bool) -> None:
+        self.cfg, self.folder, self.is_rank0 = cfg, folder, is_rank0
+        self.states: dict[str, Any] = {**states, "layout": dict(layout)}
+        self.layout = dict(layout)
 
     def due(self, step: int, last_step: int) -> bool:
         return self.cfg.enable and (step % self.cfg.interval == 0 or step == last_step)
@@ -113,25 +123,20 @@ class CheckpointManager:
             logger.info("no complete checkpoint in %s: starting from step 0", self.folder)
             return 0
         step, path = found
-        saved_dp = self._saved_dp_world_size(path)
-        if saved_dp is not None and saved_dp != self.dp_world_size:
-            raise RuntimeError(
-                f"{path} was saved with {saved_dp} data-parallel ranks, this run has {self.dp_world_size}: "
-                f"the data stream is split per rank, so resume with {saved_dp} data-parallel ranks "
-                f"(change tensor_parallel_degree or the number of processes)"
-            )
+        self._check_layout(path)
         with _single_process_quiet():
             dcp.load(dict(self.states), checkpoint_id=str(path))
         logger.info("resumed from %s (step %d)", path, step)
         return step
 
-    def _saved_dp_world_size(self, path: Path) -> int | None:
-        if not any(isinstance(s, PerRankState) for s in self.states.values()):
-            return None
-        probe = {name: {"dp_world_size": 0} for name, s in self.states.items() if isinstance(s, PerRankState)}
+    def _check_layout(self, path: Path) -> None:
+        probe = {"layout": {key: -1 for key in self.layout}}
         with _single_process_quiet():
             dcp.load(probe, checkpoint_id=str(path))
-        return next(iter(probe.values()))["dp_world_size"]
+        for key, now in self.layout.items():
+            saved = probe["layout"][key]
+            if saved != now:
+                raise RuntimeError(f"{path} was saved with {key} = {saved}, this run has {now}: {LAYOUT_HINTS.get(key, '')}")
 
     def _prune(self) -> None:
         if self.cfg.keep_latest_k <= 0:

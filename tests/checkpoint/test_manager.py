@@ -21,7 +21,7 @@ class Counter:
         self.position = state["position"]
 
 
-def make(folder: Path, keep: int = 2, dp_world_size: int = 1, seed: int = 0):
+def make(folder: Path, keep: int = 2, dp_world_size: int = 1, seed: int = 0, vocab_size: int = 64):
     torch.manual_seed(seed)
     model = nn.Linear(4, 3)
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
@@ -30,8 +30,8 @@ def make(folder: Path, keep: int = 2, dp_world_size: int = 1, seed: int = 0):
     loader = Counter()
     manager = CheckpointManager(
         Checkpoint(interval=10, keep_latest_k=keep), folder,
-        {"train": ModelAndOptimizer(model, opt), "dataloader": PerRankState(loader, 0, dp_world_size)},
-        dp_world_size=dp_world_size, is_rank0=True,
+        {"train": ModelAndOptimizer(model, opt), "dataloader": PerRankState(loader, 0)},
+        layout={"dp_world_size": dp_world_size, "vocab_size": vocab_size}, is_rank0=True,
     )
     return model, opt, loader, manager
 
@@ -73,5 +73,11 @@ def test_no_checkpoint_starts_at_zero(tmp_path: Path) -> None:
 def test_resume_with_other_data_parallel_size_is_refused(tmp_path: Path) -> None:
     make(tmp_path, dp_world_size=1)[3].save(10, "")
     manager = make(tmp_path, dp_world_size=2)[3]
-    with pytest.raises(RuntimeError, match="saved with 1 data-parallel ranks, this run has 2"):
+    with pytest.raises(RuntimeError, match="saved with dp_world_size = 1, this run has 2: the data stream"):
         manager.load_latest()
+
+
+def test_resume_with_another_vocabulary_is_refused(tmp_path: Path) -> None:
+    make(tmp_path, vocab_size=64)[3].save(10, "")
+    with pytest.raises(RuntimeError, match="vocab_size = 64, this run has 128: .* data.tokenizer"):
+        make(tmp_path, vocab_size=128)[3].load_latest()

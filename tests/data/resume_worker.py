@@ -23,8 +23,8 @@ def make_loader(workers: int, rank: int, world: int):
 
 
 def manager(folder: Path, dl, rank: int, world: int) -> CheckpointManager:
-    return CheckpointManager(Checkpoint(interval=1, keep_latest_k=0), folder,
-                             {"dataloader": PerRankState(dl, rank, world)}, dp_world_size=world, is_rank0=rank == 0)
+    return CheckpointManager(Checkpoint(interval=1, keep_latest_k=0), folder, {"dataloader": PerRankState(dl, rank)},
+                             layout={"dp_world_size": world}, is_rank0=rank == 0)
 
 
 def main(folder: Path) -> None:
