@@ -117,3 +117,11 @@ def test_tied_embeddings_are_refused_when_sharded() -> None:
     sharded = ParallelDims(dp_replicate=1, dp_shard=2, tp=1, world_size=2)
     with pytest.raises(ConfigError, match="model.tie_embeddings works on one process only"):
         parallelize(model, sharded, None, load_config([]), "cpu")
+
+
+def test_float8_without_torchao_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torchao.float8", None)  # as if the [float8] extra were not installed
+    with pytest.raises(ConfigError, match=r"float8.enable needs torchao: pip install -e '.\[float8\]'"):
+        apply_float8(reference_model(), Float8(enable=True, emulate=True), "cpu")
