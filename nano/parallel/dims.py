@@ -38,9 +38,10 @@ class ParallelDims:
         """Tensor parallel splits whole heads: refuse a degree that does not divide both head counts."""
         for name, heads in (("n_heads", n_heads), ("n_kv_heads", n_kv_heads)):
             if heads % self.tp:
+                valid = [d for d in range(1, n_kv_heads + 1) if n_heads % d == 0 and n_kv_heads % d == 0]
                 raise ConfigError(
                     f"parallelism.tensor_parallel_degree ({self.tp}) must divide the model's {name} ({heads}); "
-                    f"choose a degree among {[d for d in range(1, heads + 1) if n_heads % d == 0 and n_kv_heads % d == 0]}"
+                    f"choose a degree among {valid}"
                 )
 
     def build_mesh(self, device_type: str) -> DeviceMesh | None:

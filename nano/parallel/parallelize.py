@@ -12,6 +12,7 @@ Only `parallelize()` reads the config; each `apply_*` takes explicit arguments.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterable
 
 import torch
@@ -35,7 +36,9 @@ from nano.models.llama import Transformer
 from nano.parallel.dims import ParallelDims
 
 
-def parallelize(model: Transformer, dims: ParallelDims, mesh: DeviceMesh | None, cfg: JobConfig, device_type: str) -> list[str]:
+def parallelize(
+    model: Transformer, dims: ParallelDims, mesh: DeviceMesh | None, cfg: JobConfig, device_type: str
+) -> list[str]:
     """Apply every configured policy in place; returns the plan, one line per step, for the start-up log."""
     if model.args.tie_embeddings and (dims.fsdp_enabled or dims.tp_enabled):
         raise ConfigError("model.tie_embeddings works on one process only for now: a matrix shared by the "
@@ -85,12 +88,11 @@ def apply_float8(model: nn.Module, cfg: Float8, device_type: str) -> str:
         if device_type != "cuda" or torch.cuda.get_device_capability() < (8, 9):
             raise ConfigError("float8 training needs an H100-class GPU (compute capability >= 8.9); "
                               "set float8.enable = false, or float8.emulate = true for a functional (slow) run")
-    config = Float8LinearConfig.from_recipe_name(cfg.recipe)
-    if cfg.emulate:
-        config = Float8LinearConfig(**{**config.__dict__, "emulate": True})
+    config = dataclasses.replace(Float8LinearConfig.from_recipe_name(cfg.recipe), emulate=cfg.emulate)
     convert_to_float8_training(model, config=config, module_filter_fn=float8_module_filter)
     converted = [fqn for fqn, m in model.named_modules() if type(m).__name__ == "Float8Linear"]
-    return f"float8 ({cfg.recipe}{', emulated' if cfg.emulate else ''}): {len(converted)} linears converted, output head kept"
+    recipe = f"{cfg.recipe}, emulated" if cfg.emulate else cfg.recipe
+    return f"float8 ({recipe}): {len(converted)} linears converted, output head kept"
 
 
 # ---------------------------------------------------------------------------------------------------------

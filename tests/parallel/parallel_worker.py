@@ -1,4 +1,9 @@
-"""torchrun worker: a parallelized tiny model trains like the single-process reference (losses and weights)."""
+"""torchrun worker: a parallelized tiny model trains like the single-process reference (losses and weights).
+
+With float8 and data parallel, each rank scales its activations to float8 from its own rows, so rounding
+differs from the single-process run; Adam turns that noise in tiny gradients into weight differences of
+the order of the learning rate. There only the losses are compared, within 1%.
+"""
 
 import os
 import sys
@@ -10,7 +15,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from nano.config import load_config
 from nano.models.llama import Transformer
 from nano.parallel.dims import ParallelDims
-from nano.parallel.parallelize import loss_context, parallelize
+from nano.parallel.parallelize import apply_float8, loss_context, parallelize
 from tests.tiny import GLOBAL_BATCH, TINY, reference_model, train
 
 SCENARIOS = {
@@ -19,6 +24,9 @@ SCENARIOS = {
     "tp": ["--parallelism.tensor_parallel_degree", "2"],
     "tp_loss_parallel": ["--parallelism.tensor_parallel_degree", "2", "--parallelism.enable_loss_parallel"],
     "fsdp_ac_compile": ["--activation_checkpoint.mode", "selective_op", "--compile.enable"],
+    "tp_float8": ["--parallelism.tensor_parallel_degree", "2", "--float8.enable", "--float8.emulate"],
+    "fsdp_float8": ["--float8.enable", "--float8.emulate"],
+    "fsdp_tp": ["--parallelism.tensor_parallel_degree", "2"],  # 4 ranks: a 2 x 2 (dp_shard, tp) mesh
 }
 
 
@@ -31,6 +39,8 @@ def main(scenario: str) -> None:
     dims.validate_model(TINY.n_heads, TINY.n_kv_heads)
 
     reference = reference_model()
+    if cfg.float8.enable:
+        apply_float8(reference, cfg.float8, "cpu")
     full_state = {k: v.clone() for k, v in reference.state_dict().items()}
     ref_losses = train(reference)
 
@@ -45,17 +55,19 @@ def main(scenario: str) -> None:
 
     dp_rank, per_rank = dims.dp_rank(mesh), GLOBAL_BATCH // dims.dp_degree
     losses = train(model, slice(dp_rank * per_rank, (dp_rank + 1) * per_rank), loss_ctx=loss_context(dims, cfg))
+    rank_local_float8 = cfg.float8.enable and dims.dp_degree > 1
     for ref, loss in zip(ref_losses, losses):
         mean = loss.detach().clone()
         dist.all_reduce(mean)
         mean /= world
-        torch.testing.assert_close(mean, ref, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(mean, ref, rtol=1e-2 if rank_local_float8 else 1e-4, atol=1e-5)
 
     trained = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
     assert set(trained) == set(reference.state_dict()), "parallelize changed the state-dict keys"
-    for key, value in reference.state_dict().items():
-        # Adam divides by sqrt(v): reduction-order noise in tiny gradients grows to ~1e-5 in the weights.
-        torch.testing.assert_close(trained[key], value, rtol=1e-3, atol=1e-4, msg=key)
+    if not rank_local_float8:
+        for key, value in reference.state_dict().items():
+            # Adam divides by sqrt(v): reduction-order noise in tiny gradients grows to ~1e-5 in the weights.
+            torch.testing.assert_close(trained[key], value, rtol=1e-3, atol=1e-4, msg=key)
     if dist.get_rank() == 0:
         print(f"{scenario}: match | " + " | ".join(plan), flush=True)
     dist.barrier()

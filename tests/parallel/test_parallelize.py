@@ -1,16 +1,16 @@
 """Single-process policies: activation checkpointing, compile, float8 (emulated), mesh validation, memory."""
 
 import dataclasses
+import sys
 
 import pytest
 import torch
 
-from nano.config import ConfigError, load_config
+from nano.config import ConfigError, Float8, load_config
 from nano.models.llama import FLAVORS, Transformer
 from nano.parallel.dims import ParallelDims
 from nano.parallel.memory import check_fits, estimate_peak_memory
 from nano.parallel.parallelize import apply_ac, apply_compile, apply_float8, parallelize
-from nano.config import Float8
 from nano.train import forward_backward
 from tests.tiny import TINY, batches, reference_model, train
 
@@ -44,12 +44,13 @@ def test_compile_per_block_matches_eager() -> None:
     assert list(compiled.state_dict()) == list(eager.state_dict())
 
 
-def test_float8_emulation_converts_the_expected_linears_and_trains() -> None:
+@pytest.mark.parametrize("recipe", ["tensorwise", "rowwise"])
+def test_float8_emulation_converts_the_expected_linears_and_trains(recipe: str) -> None:
     pytest.importorskip("torchao")
     # ffn 120 is not a multiple of 16: the FFN linears must stay in high precision, like the output head.
     args = dataclasses.replace(TINY, ffn_hidden_dim=120)
     model = reference_model(args)
-    apply_float8(model, Float8(enable=True, recipe="tensorwise", emulate=True), "cpu")
+    apply_float8(model, Float8(enable=True, recipe=recipe, emulate=True), "cpu")
     converted = {n for n, m in model.named_modules() if type(m).__name__ == "Float8Linear"}
     assert converted == {f"layers.{i}.attention.{w}" for i in range(2) for w in ("wq", "wk", "wv", "wo")}
     losses = torch.stack(train(model, steps=3))
@@ -120,8 +121,6 @@ def test_tied_embeddings_are_refused_when_sharded() -> None:
 
 
 def test_float8_without_torchao_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-
     monkeypatch.setitem(sys.modules, "torchao.float8", None)  # as if the [float8] extra were not installed
     with pytest.raises(ConfigError, match=r"float8.enable needs torchao: pip install -e '.\[float8\]'"):
         apply_float8(reference_model(), Float8(enable=True, emulate=True), "cpu")
