@@ -2,30 +2,35 @@
 
     python benchmarks/loader_throughput.py [--config train_configs/debug_model.toml] [--batches 200]
 
-Prints tokens/s for the loader alone (num_workers 0 and 2, seq_len 256 and 2048) and, for comparison,
-the share of tokens and documents each source contributed.
+Prints tokens/s for the loader alone (num_workers 0 and 2, seq_len 256 and 2048, micro-batch 8); with 2
+workers also without the per-step state snapshot that exact resume needs (torchdata's
+snapshot_every_n_steps), to show what it costs. Then the share of documents and tokens per source.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
+from collections.abc import Iterable
 from itertools import islice
 
 import torch
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from nano.config import load_config
 from nano.data.loader import build_dataloader
 from nano.data.mixture import Mixture
 from nano.data.tokenizer import load_tokenizer
 
+MICRO_BATCH = 8
 
-def throughput(cfg, tokenizer, seq_len: int, workers: int, batches: int) -> tuple[float, torch.Tensor]:
-    cfg.num_workers = workers
-    loader = build_dataloader(cfg, tokenizer, seq_len=seq_len, micro_batch_size=8, dp_rank=0, dp_world_size=1, seed=0)
+
+def tokens_per_second(loader: Iterable, batches: int) -> tuple[float, torch.Tensor]:
+    """Input tokens served per second after the first batch (worker start-up is not throughput)."""
     it = iter(loader)
-    next(it)  # start-up (worker spawn, file opening) is not throughput
-    start, tokens, sources = time.perf_counter(), 0, 0
+    next(it)
+    start, tokens, sources = time.perf_counter(), 0, torch.zeros((), dtype=torch.long)
     for batch in islice(it, batches):
         tokens += batch["input"].numel()
         sources = sources + batch["source_tokens"].sum(0)
@@ -37,22 +42,30 @@ def main() -> None:
     parser.add_argument("--config", default="train_configs/debug_model.toml")
     parser.add_argument("--batches", type=int, default=200)
     args = parser.parse_args()
-    cfg = load_config(["--config", args.config])
-    tokenizer = load_tokenizer(cfg.data.tokenizer)
-    names = list(cfg.data.sources)
-    weights = [cfg.data.sources[n].weight for n in names]
-    print(f"{'seq_len':>8} {'workers':>8} {'tokens/s':>12}")
+    cfg = load_config(["--config", args.config]).data
+    tokenizer = load_tokenizer(cfg.tokenizer)
+
+    print(f"{'seq_len':>8} {'workers':>8} {'tokens/s':>12} {'no snapshots':>13}")
     for seq_len in (256, 2048):
         for workers in (0, 2):
-            rate, sources = throughput(cfg.data, tokenizer, seq_len, workers, args.batches)
-            print(f"{seq_len:>8} {workers:>8} {rate:>12,.0f}")
-    mixture = Mixture(weights, seed=(0, 0, 0))
+            loader = build_dataloader(dataclasses.replace(cfg, num_workers=workers), tokenizer, seq_len=seq_len,
+                                      micro_batch_size=MICRO_BATCH, dp_rank=0, dp_world_size=1, seed=0)
+            rate, sources = tokens_per_second(loader, args.batches)
+            unsnapshotted = ""
+            if workers:
+                plain = StatefulDataLoader(loader.dataset, batch_size=MICRO_BATCH, num_workers=workers,
+                                           prefetch_factor=4, snapshot_every_n_steps=None)
+                unsnapshotted = f"{tokens_per_second(plain, args.batches)[0]:,.0f}"
+            print(f"{seq_len:>8} {workers:>8} {rate:>12,.0f} {unsnapshotted:>13}")
+
+    names = loader.source_names
+    weights = [cfg.sources[name].weight for name in names]
+    mixture = Mixture(weights, seed=(0, 0, 0))  # the loader's own draw, as rank 0 / worker 0 makes it
     draws = torch.bincount(torch.tensor([mixture.next_source() for _ in range(20_000)]), minlength=len(names))
-    share_tokens = sources / sources.sum()
-    print(f"\n{'source':<18} {'weight %':>9} {'docs % (20k)':>13} {'tokens %':>9}")
+    print(f"\n{'source':<18} {'weight %':>9} {'docs % (20k)':>13} {'tokens %':>9}  (tokens: last run above)")
     for i, name in enumerate(names):
         print(f"{name:<18} {100 * weights[i] / sum(weights):>9.1f} {100 * draws[i] / draws.sum():>13.1f} "
-              f"{100 * share_tokens[i]:>9.1f}")
+              f"{100 * sources[i] / sources.sum():>9.1f}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Rows are streamed with `datasets` (from the Hub, or from local files in the same schema) and read in
 batches through `IterableDataset.iter()`, which, unlike `__iter__`, does not re-split the rows again
 when it runs inside a DataLoader worker (we split by rank and worker ourselves, so that no worker is
-left without rows when a source has a single file).
+left without rows when a source has a single file). `split_dataset_by_node` hands each (rank, worker)
+whole files when their count divides the number of pipelines, and every n-th row otherwise.
 
 The position is (epoch, the `datasets` state before the current batch, rows consumed from that batch).
 We never ask `datasets` for its state between a `load_state_dict()` and the first batch: in that window
@@ -25,6 +26,9 @@ from nano.data.sources import LOCAL_FORMATS, SourceError, SourceSpec, check_colu
 logger = logging.getLogger("nano")
 datasets.logging.set_verbosity_error()
 datasets.disable_progress_bars()
+# Opening local json/parquet files pings a Hub download counter first; where the Hub is unreachable that
+# stalls every open (each source in each worker) for seconds. Hub datasets never ping it.
+datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
 
 ROWS_PER_READ = 64
 
@@ -43,8 +47,17 @@ def open_rows(spec: SourceSpec, shard: int, num_shards: int) -> datasets.Iterabl
 
 
 def check_source(spec: SourceSpec) -> None:
-    """Read a source's first row at start-up: a missing file, an empty source or a missing column fails here."""
-    first = next(_load(spec).iter(batch_size=1), None)  # iter(): no DataLoader-worker re-split, unlike __iter__
+    """Read a source's first row at start-up: an unreadable or empty source or a missing column fails here."""
+    try:
+        first = next(_load(spec).iter(batch_size=1), None)
+    except StopIteration:  # raised by `datasets` itself when a local file has no rows to infer the schema from
+        first = None
+    except Exception as err:  # whatever `datasets` raises (no such dataset, no access, malformed file), named once
+        gated = spec.gated and not spec.data_files
+        hint = f" (gated: accept the terms on {spec.card} and set HF_TOKEN)" if gated else ""
+        raise SourceError(
+            f"data.sources.{spec.name}: cannot read {spec.origin}{hint}: {type(err).__name__}: {err}"
+        ) from err
     if not first or not next(iter(first.values()), None):
         raise SourceError(f"data.sources.{spec.name}: no rows in {spec.origin}")
     check_columns(spec, first.keys())

@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def make_loader(workers: int, rank: int, world: int):
-    cfg = load_config(["--config", str(REPO / "train_configs/debug_model.toml"), "--data.num_workers", str(workers)]).data
+    argv = ["--config", str(REPO / "train_configs/debug_model.toml"), "--data.num_workers", str(workers)]
+    cfg = load_config(argv).data
     tok = Tokenizer(REPO / cfg.tokenizer)
     return build_dataloader(cfg, tok, seq_len=64, micro_batch_size=2, dp_rank=rank, dp_world_size=world, seed=3)
 
@@ -25,6 +26,10 @@ def make_loader(workers: int, rank: int, world: int):
 def manager(folder: Path, dl, rank: int, world: int) -> CheckpointManager:
     return CheckpointManager(Checkpoint(interval=1, keep_latest_k=0), folder, {"dataloader": PerRankState(dl, rank)},
                              layout={"dp_world_size": world}, is_rank0=rank == 0)
+
+
+def assert_same(got: list[torch.Tensor], expected: list[torch.Tensor], what: str) -> None:
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True)), f"{what} diverged"
 
 
 def main(folder: Path) -> None:
@@ -38,23 +43,22 @@ def main(folder: Path) -> None:
         manager(root, reference, rank, world).save(4, "")
         expected = [b["input"] for b in islice(it, 6)]
 
-        # Ranks read disjoint rows, so their windows differ.
-        mine = torch.stack(expected)
+        # Ranks read disjoint rows, so no window of one rank is served to the other.
+        mine = torch.cat(expected)
         gathered = [torch.zeros_like(mine) for _ in range(world)]
         dist.all_gather(gathered, mine)
-        assert not torch.equal(gathered[0], gathered[1]), "ranks served identical data"
+        windows = [{tuple(w.tolist()) for w in rank_windows} for rank_windows in gathered]
+        assert not windows[0] & windows[1], "the ranks served a window in common"
 
         resumed = make_loader(workers, rank, world)
         resumed_manager = manager(root, resumed, rank, world)
         assert resumed_manager.load_latest() == 4
         resumed_manager.save(5, "")  # saved again before iterating: the double-resume case
-        got = [b["input"] for b in islice(iter(resumed), 6)]
-        assert all(torch.equal(a, b) for a, b in zip(got, expected)), f"rank {rank}: first resume diverged"
+        assert_same([b["input"] for b in islice(iter(resumed), 6)], expected, f"rank {rank}: first resume")
 
         again = make_loader(workers, rank, world)
         assert manager(root, again, rank, world).load_latest() == 5
-        got = [b["input"] for b in islice(iter(again), 6)]
-        assert all(torch.equal(a, b) for a, b in zip(got, expected)), f"rank {rank}: second resume diverged"
+        assert_same([b["input"] for b in islice(iter(again), 6)], expected, f"rank {rank}: second resume")
     print(f"rank {rank}: resume exact", flush=True)
     dist.barrier()
     dist.destroy_process_group()
