@@ -32,7 +32,9 @@ class ModelArgs:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        for name in ("dim", "n_layers", "n_heads", "vocab_size", "ffn_hidden_dim", "max_seq_len"):
+        positive = ("dim", "n_layers", "n_heads", "vocab_size", "ffn_hidden_dim", "max_seq_len", "norm_eps",
+                    "rope_theta", "init_std")
+        for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"ModelArgs.{name} must be > 0, got {getattr(self, name)}")
         if self.dim % self.n_heads:
@@ -183,7 +185,7 @@ class Transformer(nn.Module):
     def init_weights(self, buffer_device: torch.device | None = None) -> None:
         """Materialise every parameter and buffer (after `to_empty`).
 
-        Inputs projections and embeddings: N(0, init_std). Each block's output projections (wo, w2) add
+        Input projections and embeddings: N(0, init_std). Each block's output projections (wo, w2) add
         into the residual stream 2 x n_layers times, so their std is divided by sqrt(2 * n_layers) to keep
         the residual variance independent of depth (GPT-2 / OLMo). The output head uses dim**-0.5 so the
         initial logits have unit scale and the first loss is close to ln(vocab).
