@@ -74,7 +74,9 @@ def main() -> None:
         step()
     sync()
     elapsed = time.perf_counter() - start
-    tokens_per_s = args.steps * accum * shape[0] * cfg.training.seq_len / elapsed  # per device
+    # Tokens one data-parallel rank trains on per second; its tensor-parallel peers share them, so per device
+    # the rate (and the FLOPs behind it) is divided by the TP degree.
+    tokens_per_s = args.steps * accum * shape[0] * cfg.training.seq_len / elapsed / dims.tp
     peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(runtime.device)
     if runtime.is_rank0:
         print(" | ".join(plan))

@@ -59,12 +59,14 @@ class MetricsLogger:
         source_names: list[str],
         device: torch.device,
         rank: int,
+        dp_degree: int,
     ) -> None:
         self.cfg = cfg
         self.flops_per_token = flops_per_token
         self.max_steps = max_steps
         self.source_names = source_names
         self.device = device
+        self.dp_degree = dp_degree  # tensor-parallel ranks share their tokens: only dp ranks add throughput
         self.is_writer = rank == 0
         self.peak = peak_flops(device)
         self.writer = None
@@ -76,7 +78,6 @@ class MetricsLogger:
         self._window_tokens = 0
         self._window_steps = 0
         self._window_loss = 0.0
-        self.tokens_seen = 0
         self.source_tokens = torch.zeros(len(source_names), dtype=torch.long)
 
     def reset_window(self) -> None:
@@ -99,8 +100,7 @@ class MetricsLogger:
             return
         elapsed = time.perf_counter() - self._window_start
         world = dist.get_world_size() if dist.is_initialized() else 1
-        tokens_per_s = self._window_tokens / elapsed  # per device
-        self.tokens_seen = tokens_seen
+        tokens_per_s = self._window_tokens / elapsed * self.dp_degree  # the whole job
         loss_value = _global_mean(self._window_loss / self._window_steps)  # mean over the steps since the last line
         norm_value = float(grad_norm)
         sources = self.source_tokens.clone()
@@ -112,22 +112,23 @@ class MetricsLogger:
             f"loss {loss_value:.4f}",
             f"lr {lr:.2e}",
             f"grad {norm_value:.3f}",
-            f"{tokens_per_s * world:,.0f} tok/s",
+            f"{tokens_per_s:,.0f} tok/s",
         ]
         mfu = None
         if self.peak:
-            mfu = 100.0 * tokens_per_s * self.flops_per_token / self.peak
+            mfu = 100.0 * tokens_per_s * self.flops_per_token / (self.peak * world)
             parts.append(f"mfu {mfu:.1f}%")
         if self.device.type == "cuda":
             parts.append(f"mem {torch.cuda.max_memory_allocated(self.device) / 2**30:.1f}GiB")
         parts.append(f"eta {eta}")
         if self.is_writer:
             logger.info(" | ".join(parts))
-            self._write_scalars(step, loss_value, norm_value, lr, tokens_per_s * world, mfu, sources)
+            self._write_scalars(step, loss_value, norm_value, lr, tokens_per_s, tokens_seen, mfu, sources)
         self.reset_window()
 
     def _write_scalars(
-        self, step: int, loss: float, grad_norm: float, lr: float, tokens_per_s: float, mfu: float | None, sources: torch.Tensor
+        self, step: int, loss: float, grad_norm: float, lr: float, tokens_per_s: float, tokens_seen: int,
+        mfu: float | None, sources: torch.Tensor,
     ) -> None:
         if self.writer is None:
             return
@@ -135,7 +136,7 @@ class MetricsLogger:
         self.writer.add_scalar("optim/lr", lr, step)
         self.writer.add_scalar("optim/grad_norm", grad_norm, step)
         self.writer.add_scalar("throughput/tokens_per_s", tokens_per_s, step)
-        self.writer.add_scalar("throughput/tokens_seen", self.tokens_seen, step)
+        self.writer.add_scalar("throughput/tokens_seen", tokens_seen, step)
         if mfu is not None:
             self.writer.add_scalar("throughput/mfu_percent", mfu, step)
         for name, count in zip(self.source_names, sources.tolist()):

@@ -220,7 +220,7 @@ def train(cfg: JobConfig) -> None:
     metrics = MetricsLogger(
         cfg.metrics, cfg.output_path(cfg.metrics.tensorboard_dir), flops_per_token=fpt,
         max_steps=cfg.training.max_steps, source_names=dataloader.source_names,
-        device=runtime.device, rank=runtime.rank,
+        device=runtime.device, rank=runtime.rank, dp_degree=dims.dp_degree,
     )
     logger.info(
         "training steps %d -> %d: global batch %d = micro %d x accum %d x dp %d, %d tokens per step",
