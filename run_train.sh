@@ -2,10 +2,13 @@
 # Launch nano training on this node: ./run_train.sh --config FILE [--section.key value ...]
 #
 # Environment (all optional):
-#   NGPU         processes on this node (default: visible CUDA GPUs, else 1)
-#   NNODES       number of nodes (default 1); NODE_RANK this node's index (default 0)
-#   MASTER_ADDR  / MASTER_PORT   rendezvous host and port of node 0 (default 127.0.0.1:29500)
-#   RDZV_ENDPOINT host:port for elastic c10d rendezvous instead of MASTER_ADDR/PORT (set the same on every node)
+#   NGPU           processes on this node (default: visible CUDA GPUs, else 1)
+#   NNODES         nodes in the job (default 1); nodes meet at a c10d rendezvous on RDZV_ENDPOINT
+#   RDZV_ENDPOINT  host:port of that rendezvous, the same on every node (default MASTER_ADDR:MASTER_PORT)
+#   RDZV_ID        the job's id, the same on every node (default nano)
+#   MASTER_ADDR / MASTER_PORT  one node: a fixed rendezvous address (default: a free port, --standalone)
+#   MAX_RESTARTS   restarts of all workers after a failure, each resuming from the last checkpoint (default 0)
+#   SHUTDOWN_TIMEOUT  seconds workers get after SIGTERM/SIGUSR1 to finish the step and save (default 300)
 set -euo pipefail
 
 config=""
@@ -26,16 +29,21 @@ if [[ ! -f "$config" ]]; then
   exit 2
 fi
 
-if [[ -z "${NGPU:-}" ]]; then
-  NGPU=$(python -c "import torch; print(max(torch.cuda.device_count(), 1))")
-fi
+NGPU=${NGPU:-$(python -c "import torch; print(max(torch.cuda.device_count(), 1))")}
 NNODES=${NNODES:-1}
-
-if [[ -n "${RDZV_ENDPOINT:-}" ]]; then
-  rendezvous=(--rdzv_backend=c10d "--rdzv_endpoint=${RDZV_ENDPOINT}" "--rdzv_id=${RDZV_ID:-nano}")
-else
-  rendezvous=("--node_rank=${NODE_RANK:-0}" "--master_addr=${MASTER_ADDR:-127.0.0.1}" "--master_port=${MASTER_PORT:-29500}")
-fi
-
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / NGPU > 0 ? $(nproc) / NGPU : 1 ))}
-exec torchrun --nproc_per_node="$NGPU" --nnodes="$NNODES" "${rendezvous[@]}" -m nano.train "$@"
+
+if [[ "$NNODES" == 1 && "$NGPU" == 1 && -z "${RDZV_ENDPOINT:-}" && "${MAX_RESTARTS:-0}" == 0 ]]; then
+  exec python -m nano.train "$@"  # one process needs no launcher: nano's own messages and exit code, nothing else
+fi
+if [[ "$NNODES" != 1 || -n "${RDZV_ENDPOINT:-}" ]]; then
+  endpoint=${RDZV_ENDPOINT:-${MASTER_ADDR:?set RDZV_ENDPOINT (host:port) or MASTER_ADDR on every node}:${MASTER_PORT:-29500}}
+  rendezvous=(--nnodes="$NNODES" --rdzv_backend=c10d --rdzv_endpoint="$endpoint" --rdzv_id="${RDZV_ID:-nano}")
+elif [[ -n "${MASTER_PORT:-}" ]]; then
+  rendezvous=(--nnodes=1 --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="$MASTER_PORT")
+else
+  rendezvous=(--standalone)  # a free port: runs started side by side on one machine do not collide
+fi
+exec torchrun --nproc_per_node="$NGPU" "${rendezvous[@]}" --max_restarts="${MAX_RESTARTS:-0}" \
+  --signals_to_handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 --shutdown_timeout="${SHUTDOWN_TIMEOUT:-300}" \
+  -m nano.train "$@"

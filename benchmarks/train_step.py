@@ -5,7 +5,8 @@
 
 Uses the trainer's own builders (model on meta, parallelize, init, optimizer, forward_backward), so the
 figures measure exactly what `nano.train` runs, minus data loading. MFU is reported against the device's
-dense bf16 peak (nano.metrics.PEAK_BF16_FLOPS); pass --peak-tflops for other devices.
+dense bf16 peak (nano.metrics.PEAK_BF16_FLOPS); pass --peak-tflops for other devices. On a GPU the measured
+peak memory is printed next to the start-up estimate (nano.parallel.memory), and the attention kernel used.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import torch.distributed as dist
 
 from nano.config import grad_accum_steps, load_config
 from nano.metrics import peak_flops
-from nano.models.llama import FLAVORS, Transformer, flops_per_token, padded_vocab_size
+from nano.models.llama import FLAVORS, Transformer, flops_per_token, padded_vocab_size, sdpa_backend
 from nano.optim import build_optimizer
 from nano.parallel.dims import ParallelDims
-from nano.parallel.parallelize import clip_grad_norm_, loss_context, parallelize
+from nano.parallel.memory import estimate_peak_memory
+from nano.parallel.parallelize import clip_grad_norm_, loss_context, parallelize, place_shard
 from nano.train import autocast_context, build_runtime, forward_backward
 
 
@@ -44,7 +46,7 @@ def main() -> None:
     plan = parallelize(model, dims, mesh, cfg, runtime.device.type)
     model.to_empty(device=runtime.device)
     with torch.no_grad():
-        model.init_weights(buffer_device=runtime.device)
+        model.init_weights(buffer_device=runtime.device, place=place_shard)
     optimizer = build_optimizer(model, cfg.optimizer, runtime.device.type)
     accum = grad_accum_steps(cfg, runtime.world_size)
     compute_ctx, loss_ctx = autocast_context(cfg, dims, runtime.device), loss_context(dims, cfg)
@@ -56,7 +58,7 @@ def main() -> None:
             tokens = torch.randint(0, model_args.vocab_size, shape, device=runtime.device)
             micro.append({"input": tokens[:, :-1], "label": tokens[:, 1:]})
         optimizer.zero_grad(set_to_none=True)
-        forward_backward(model, micro, runtime.device, compute_ctx, loss_ctx)
+        forward_backward(model, micro, runtime.device, compute_ctx, loss_ctx, z_loss=cfg.training.z_loss)
         clip_grad_norm_(model.parameters(), cfg.training.max_grad_norm)
         optimizer.step()
 
@@ -85,7 +87,10 @@ def main() -> None:
         if peak:
             print(f"MFU {100 * tokens_per_s * flops_per_token(model_args, cfg.training.seq_len) / peak:.1f}%")
         if runtime.device.type == "cuda":
-            print(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+            dtype = torch.bfloat16 if cfg.training.mixed_precision == "bf16" else torch.float32
+            print(f"attention: {sdpa_backend(model_args, cfg.training.seq_len, dtype, runtime.device)}")
+            print(f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB measured, "
+                  f"estimate {estimate_peak_memory(model_args, cfg, dims)}")
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

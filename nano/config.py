@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import json
 import sys
 import textwrap
 import typing
@@ -67,6 +68,16 @@ class Training:
     """Compute dtype on CUDA; CPU always trains in fp32."""
     device: Literal["auto", "cuda", "cpu"] = "auto"
     """Where to train; auto picks CUDA when a GPU is visible."""
+    skip_bad_steps: bool = True
+    """Skip the optimizer step when the loss or gradient norm is inf/NaN or the loss spikes (one host read per step)."""
+    spike_factor: float = 3.0
+    """A loss above this many times the mean of the last spike_window steps is a spike and is skipped; 0 = off."""
+    spike_window: int = 100
+    """Accepted steps whose mean loss the spike check compares against; it starts once the window is full."""
+    max_consecutive_skips: int = 5
+    """Save a checkpoint and stop when this many steps in a row were skipped (the weights are likely broken)."""
+    z_loss: float = 0.0
+    """Weight of the z-loss, mean squared log-partition of the logits (PaLM uses 1e-4), added to the loss; 0 = off."""
 
 
 @dataclass
@@ -134,6 +145,10 @@ class Data:
     """SentencePiece tokenizer.model: a local path or a Hub repo id holding one."""
     num_workers: int = 0
     """DataLoader worker processes per rank (0 = tokenize in the training process)."""
+    shuffle_buffer: int = 10_000
+    """Documents per source shuffled together (seeded by job.seed; file order too); 0 = read in file order."""
+    max_consecutive_bad_rows: int = 1000
+    """Stop the run when a source yields this many unusable rows in a row (fewer are skipped and counted)."""
     sources: dict[str, Source] = field(default_factory=lambda: {n: Source(weight=w) for n, w in SEED_MIX.items()})
     """The mix, one [data.sources.NAME] table per source; a [data.sources] table in TOML replaces the seed mix."""
 
@@ -186,8 +201,16 @@ class Checkpoint:
     """Save every N steps (and at the last step)."""
     keep_latest_k: int = 5
     """Keep the newest K complete checkpoints; 0 keeps all."""
-    resume: bool = False
-    """Continue from the newest complete checkpoint in the folder (alias: --resume)."""
+    resume: Literal["auto", "required", "never"] = "auto"
+    """auto: continue from the folder's newest intact checkpoint, or start at step 0 if there is none;
+    required: the same, but stop if there is none (alias: --resume); never: start at step 0."""
+    overwrite: bool = False
+    """With resume = "never": delete the checkpoints already in the folder (without it such a start is refused)."""
+    allow_changes: list[str] = field(default_factory=list)
+    """On resume, keys or prefixes (e.g. training.seq_len, data.sources) that may differ from the checkpoint's
+    config although they change the model or the data stream."""
+    async_mode: Literal["disabled", "async"] = "disabled"
+    """"async": write checkpoints in a background thread (DCP async_save), training resumes after staging."""
 
 
 @dataclass
@@ -195,7 +218,21 @@ class Hub:
     push: bool = False
     """Push exported checkpoints to the Hugging Face Hub (alias: --no-push turns it off)."""
     repo_id: str = ""
-    """Destination Hub repo, e.g. "user/nano"; the token comes from HF_TOKEN."""
+    """Destination Hub repo, e.g. "user/nano"; the token comes from HF_TOKEN or `hf auth login`."""
+    private: bool = True
+    """Create the repo as private if it does not exist yet."""
+    revision: str = "main"
+    """Branch the checkpoint commits go to."""
+    path_in_repo: str = "checkpoints/step-{step}"
+    """Folder of each pushed checkpoint in the repo ({step} = its step); the newest also goes to the root."""
+    every_n_saves: int = 1
+    """Push every N-th checkpoint save (the final one is always pushed)."""
+    retry_timeout_s: float = 3600.0
+    """Give up a push after retrying transient Hub errors for this long; training goes on."""
+    final_timeout_s: float = 1800.0
+    """At the end of training, wait this long for pushes still in flight before reporting what did not land."""
+    license: str = "mit"
+    """License id written into the model card's metadata."""
 
 
 @dataclass
@@ -206,6 +243,51 @@ class Metrics:
     """Write scalars for TensorBoard."""
     tensorboard_dir: str = "logs/tensorboard"
     """TensorBoard folder, inside job.dump_folder."""
+
+
+@dataclass
+class Comm:
+    init_timeout_s: float = 1800.0
+    """Collective timeout until the first step is done: start-up, mesh, checkpoint verification and loading, compile."""
+    collective_timeout_s: float = 600.0
+    """Collective timeout after the first step: how long ranks wait for a hung or lost peer before the job fails;
+    must exceed the longest save."""
+
+
+@dataclass
+class Validation:
+    enable: bool = False
+    """Evaluate the loss on held-out documents, overall and per source, every `interval` steps and at the end."""
+    interval: int = 1000
+    """Steps between evaluations."""
+    steps: int = -1
+    """Batches of training.global_batch_size windows per source and evaluation; -1 = all held-out documents."""
+    documents_per_source: int = 0
+    """Each source's first N distinct usable documents (file order), never trained on while > 0, evaluated or not."""
+
+
+@dataclass
+class Sampling:
+    prompts: list[str] = field(default_factory=list)
+    """Prompts whose greedy completions go to TensorBoard (text) every `interval` steps; empty = off."""
+    interval: int = 1000
+    """Steps between samples."""
+    max_new_tokens: int = 64
+    """Tokens generated per prompt."""
+    chat: bool = True
+    """Wrap each prompt as a user turn (<|user|> ... <|assistant|>) and cut the completion at <|end|>."""
+
+
+@dataclass
+class Profiling:
+    enable: bool = False
+    """Record torch.profiler traces (Perfetto / chrome://tracing) into job.dump_folder/profiles."""
+    start_step: int = 10
+    """First profiled step (later than the first steps, which include warm-up and compilation)."""
+    steps: int = 3
+    """Steps profiled."""
+    memory_snapshot: bool = False
+    """On CUDA, also record allocations during those steps (open the .pickle at pytorch.org/memory_viz)."""
 
 
 @dataclass
@@ -223,6 +305,10 @@ class JobConfig:
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
     hub: Hub = field(default_factory=Hub)
     metrics: Metrics = field(default_factory=Metrics)
+    comm: Comm = field(default_factory=Comm)
+    validation: Validation = field(default_factory=Validation)
+    sampling: Sampling = field(default_factory=Sampling)
+    profiling: Profiling = field(default_factory=Profiling)
 
     def output_path(self, relative: str) -> Path:
         """A path inside the run's dump folder (absolute paths pass through)."""
@@ -231,7 +317,7 @@ class JobConfig:
 
 # The seed's command-line flags, kept so its users' muscle memory still works.
 ALIASES: dict[str, tuple[str, str | None]] = {
-    "--resume": ("checkpoint.resume", "true"),
+    "--resume": ("checkpoint.resume", "required"),
     "--max-steps": ("training.max_steps", None),
     "--batch-size": ("training.micro_batch_size", None),
     "--learning-rate": ("optimizer.lr", None),
@@ -495,9 +581,71 @@ def validate(cfg: JobConfig, world_size: int) -> None:
         raise ConfigError(f"lr_scheduler.warmup_steps must be >= 0, got {cfg.lr_scheduler.warmup_steps}")
     if cfg.data.num_workers < 0:
         raise ConfigError(f"data.num_workers must be >= 0, got {cfg.data.num_workers}")
-    if cfg.hub.push and not cfg.hub.repo_id:
-        raise ConfigError("hub.push is on but hub.repo_id is empty: set --hub.repo_id user/name or pass --no-push")
+    if cfg.data.shuffle_buffer < 0:
+        raise ConfigError(f"data.shuffle_buffer must be >= 0 (0 turns shuffling off), got {cfg.data.shuffle_buffer}")
+    if cfg.data.max_consecutive_bad_rows < 1:
+        raise ConfigError(f"data.max_consecutive_bad_rows must be >= 1, got {cfg.data.max_consecutive_bad_rows}")
+    _validate_hub(cfg.hub)
+    _validate_resilience(cfg)
+    _validate_observers(cfg)
+    if cfg.hub.push and not cfg.checkpoint.enable:
+        raise ConfigError("hub.push pushes checkpoints, but checkpoint.enable is false: enable checkpoints or pass --no-push")
     grad_accum_steps(cfg, world_size)
+
+
+def _validate_resilience(cfg: JobConfig) -> None:
+    """The bad-step guard, resume and timeouts."""
+    _positive(cfg, ["training.spike_window", "training.max_consecutive_skips", "comm.init_timeout_s",
+                    "comm.collective_timeout_s"])
+    if cfg.training.spike_factor != 0 and cfg.training.spike_factor <= 1:
+        raise ConfigError(f"training.spike_factor must be > 1 (a multiple of the running mean loss) or 0 (off), "
+                          f"got {cfg.training.spike_factor}")
+    if cfg.training.z_loss < 0:
+        raise ConfigError(f"training.z_loss must be >= 0, got {cfg.training.z_loss}")
+    if cfg.training.z_loss and cfg.parallelism.enable_loss_parallel:
+        raise ConfigError("training.z_loss needs the whole logits of a token, which loss parallel never gathers: "
+                          "set parallelism.enable_loss_parallel = false or training.z_loss = 0")
+    if cfg.checkpoint.overwrite and cfg.checkpoint.resume != "never":
+        raise ConfigError(f"checkpoint.overwrite deletes the folder's checkpoints before a fresh start, so it needs "
+                          f"checkpoint.resume = \"never\" (got {cfg.checkpoint.resume!r}, which resumes from them)")
+    keys = _all_keys(cfg)
+    for entry in cfg.checkpoint.allow_changes:
+        if not any(k == entry or k.startswith(entry + ".") or entry.startswith(k + ".") for k in keys):
+            raise ConfigError(f"checkpoint.allow_changes: unknown key '{entry}'{_closest(entry, keys)}")
+
+
+def _validate_observers(cfg: JobConfig) -> None:
+    """[validation], [sampling], [profiling]."""
+    _positive(cfg, ["validation.interval", "sampling.interval", "sampling.max_new_tokens", "profiling.start_step",
+                    "profiling.steps"])
+    val = cfg.validation
+    if val.steps == 0 or val.steps < -1:
+        raise ConfigError(f"validation.steps must be -1 (all held-out documents) or >= 1, got {val.steps}")
+    if val.documents_per_source < 0:
+        raise ConfigError(f"validation.documents_per_source must be >= 0, got {val.documents_per_source}")
+    if val.enable and val.documents_per_source == 0:
+        raise ConfigError("validation.enable needs documents to evaluate on: set validation.documents_per_source "
+                          "(e.g. 100; those documents are then never trained on)")
+    for index, prompt in enumerate(cfg.sampling.prompts):
+        if not prompt.strip():
+            raise ConfigError(f"sampling.prompts[{index}] is empty")
+
+
+def _validate_hub(hub: Hub) -> None:
+    if not hub.push:
+        return
+    if hub.repo_id.count("/") != 1 or not all(hub.repo_id.split("/")):
+        raise ConfigError(f"hub.repo_id must look like 'user/name' when hub.push is on, got {hub.repo_id!r}: "
+                          f"set --hub.repo_id user/name or pass --no-push")
+    if hub.every_n_saves < 1:
+        raise ConfigError(f"hub.every_n_saves must be >= 1, got {hub.every_n_saves}")
+    for key in ("retry_timeout_s", "final_timeout_s"):
+        if getattr(hub, key) <= 0:
+            raise ConfigError(f"hub.{key} must be > 0, got {getattr(hub, key)}")
+    try:
+        hub.path_in_repo.format(step=0)
+    except (KeyError, IndexError, ValueError) as err:
+        raise ConfigError(f"hub.path_in_repo {hub.path_in_repo!r}: only {{step}} may be used ({err})") from err
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -585,7 +733,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string (newlines escaped)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} as TOML")  # pragma: no cover - only the types above exist

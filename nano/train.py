@@ -11,30 +11,44 @@ import functools
 import logging
 import os
 import random
+import shlex
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.distributed.checkpoint.stateful import Stateful
 from torch.distributed.tensor import DTensor
 
-from nano.checkpoint.manager import CheckpointManager, ModelAndOptimizer, PerRankState
+from nano.checkpoint.hub import HubPusher, build_pusher
+from nano.checkpoint.manager import CheckpointManager, ModelAndOptimizer, PerRankState, find_resume_point
 from nano.config import ConfigError, JobConfig, grad_accum_steps, load_config, to_toml
 from nano.data.loader import build_dataloader
-from nano.data.sources import SourceError
+from nano.data.sources import SourceError, resolve_sources
 from nano.data.tokenizer import Tokenizer, load_tokenizer
+from nano.evaluate import Validator
+from nano.generate import PromptSampler
+from nano.guards import Guards, TrainingStopped
 from nano.metrics import MetricsLogger
-from nano.models.llama import FLAVORS, ModelArgs, Transformer, flops_per_token, num_params, padded_vocab_size
+from nano.models.llama import (
+    FLAVORS,
+    ModelArgs,
+    Transformer,
+    analytic_num_params,
+    flops_per_token,
+    num_params,
+    padded_vocab_size,
+)
 from nano.optim import build_lr_scheduler, build_optimizer
 from nano.parallel.dims import ParallelDims
 from nano.parallel.memory import check_fits, estimate_peak_memory
-from nano.parallel.parallelize import clip_grad_norm_, loss_context, parallelize
+from nano.parallel.parallelize import clip_grad_norm_, loss_context, parallelize, place_shard
+from nano.profiling import StepProfiler
 
 logger = logging.getLogger("nano")
 ContextFactory = Callable[[], contextlib.AbstractContextManager]
@@ -82,7 +96,8 @@ def build_runtime(cfg: JobConfig) -> Runtime:
     if use_cuda:
         torch.cuda.set_device(device)
     if world_size > 1:
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=device if use_cuda else None,
+                                timeout=timedelta(seconds=cfg.comm.init_timeout_s))  # to the first step: guards
     return Runtime(device=device, rank=rank, world_size=world_size)
 
 
@@ -118,9 +133,23 @@ def build_model(cfg: JobConfig, args: ModelArgs, dims: ParallelDims, mesh, devic
         logger.info("parallelize: %s", line)
     model.to_empty(device=device)
     with torch.no_grad():
-        model.init_weights(buffer_device=device)
+        model.init_weights(buffer_device=device, seed=cfg.job.seed, place=place_shard)  # the same on any mesh
     model.train()
     return model
+
+
+def run_info(cfg: JobConfig, args: ModelArgs) -> dict:
+    """What every checkpoint records about the run (its run.json), for the export and its model card."""
+    return {
+        "job_name": cfg.job.name,
+        "command": "python -m nano.train " + shlex.join(sys.argv[1:]),
+        "model_args": dataclasses.asdict(args),
+        "num_params": analytic_num_params(args),
+        "data_mix": [{"name": s.name, "hub_id": s.hub_id, "weight": s.weight, "local": bool(s.data_files)}
+                     for s in resolve_sources(cfg.data)],
+        "license": cfg.hub.license,
+        "torch": torch.__version__,
+    }
 
 
 def seed_everything(seed: int) -> None:
@@ -143,6 +172,7 @@ def autocast_context(cfg: JobConfig, dims: ParallelDims, device: torch.device) -
 def forward_backward(
     model: nn.Module, micro_batches: list[dict[str, torch.Tensor]], device: torch.device,
     compute_ctx: ContextFactory = contextlib.nullcontext, loss_ctx: ContextFactory = contextlib.nullcontext,
+    z_loss: float = 0.0,
 ) -> torch.Tensor:
     """Accumulate gradients over `micro_batches`; returns the mean loss (detached).
 
@@ -153,10 +183,9 @@ def forward_backward(
     for batch in micro_batches:
         inputs = batch["input"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)
-        with compute_ctx():
-            logits = model(inputs)
         with loss_ctx():
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten()) / len(micro_batches)
+            with compute_ctx():
+                loss = model(inputs, labels, z_loss=z_loss) / len(micro_batches)  # out of the model: no logits
             loss.backward()
         total += (loss.full_tensor() if isinstance(loss, DTensor) else loss).detach()  # DTensor under loss parallel
     return total
@@ -176,10 +205,19 @@ def train(cfg: JobConfig) -> None:
     seed_everything(cfg.job.seed)
     resolved = to_toml(cfg)
     dump = Path(cfg.job.dump_folder)
+    # Continue this folder's run, or refuse to mix with it; decided before anything is written or built.
+    resume_from = find_resume_point(cfg.checkpoint, cfg.output_path(cfg.checkpoint.folder), resolved)
+    if resume_from is not None and resume_from.step >= cfg.training.max_steps:
+        if runtime.is_rank0:
+            logger.info("nothing to do: %s is step %d and training.max_steps is %d, so this run is finished. Train "
+                        "on with --training.max_steps N (N > %d), or start a new run with --job.dump_folder DIR",
+                        resume_from.path, resume_from.step, cfg.training.max_steps, resume_from.step)
+        return
     if runtime.is_rank0:
         dump.mkdir(parents=True, exist_ok=True)
         (dump / "config.toml").write_text(resolved)
         logger.info("resolved config (also in %s):\n%s", dump / "config.toml", resolved)
+    pusher = build_pusher(cfg.hub, dump / "hf_export", is_rank0=runtime.is_rank0)
 
     # Everything that can be wrong with the inputs is found here, before any weight is allocated.
     tokenizer = load_tokenizer(cfg.data.tokenizer)
@@ -190,6 +228,7 @@ def train(cfg: JobConfig) -> None:
     dataloader = build_dataloader(
         cfg.data, tokenizer, seq_len=cfg.training.seq_len, micro_batch_size=cfg.training.micro_batch_size,
         dp_rank=dp_rank, dp_world_size=dims.dp_degree, seed=cfg.job.seed,
+        held_out_per_source=cfg.validation.documents_per_source,  # set aside for validation, never trained on
     )
     accum = grad_accum_steps(cfg, runtime.world_size)
 
@@ -199,6 +238,7 @@ def train(cfg: JobConfig) -> None:
     optimizer = build_optimizer(model, cfg.optimizer, runtime.device.type)
     scheduler = build_lr_scheduler(optimizer, cfg.lr_scheduler, cfg.training.max_steps)
     state = TrainState()
+    guards = Guards(cfg.training, cfg.comm, mesh)  # preemption signals, bad-step skipping, collective timeouts
     checkpointer = CheckpointManager(
         cfg.checkpoint,
         cfg.output_path(cfg.checkpoint.folder),
@@ -207,59 +247,105 @@ def train(cfg: JobConfig) -> None:
             "lr_scheduler": scheduler,
             "train_state": state,
             "dataloader": PerRankState(dataloader, dp_rank),
+            "guards": guards.steps,
         },
         layout={"dp_world_size": dims.dp_degree, "vocab_size": args.vocab_size},
         is_rank0=runtime.is_rank0,
+        files={"config.toml": resolved.encode(), "tokenizer.model": tokenizer.model_bytes},
+        run_info=run_info(cfg, args),
+        on_complete=pusher.on_checkpoint if pusher else None,
+        protected=pusher.protected if pusher else None,
     )
-    if cfg.checkpoint.resume:
-        checkpointer.load_latest()
-    if cfg.hub.push and runtime.is_rank0:
-        logger.warning("hub.push: pushing to the Hub is not part of this version yet; checkpoints stay in %s",
-                       checkpointer.folder)
+    checkpointer.load(resume_from)
 
     metrics = MetricsLogger(
         cfg.metrics, cfg.output_path(cfg.metrics.tensorboard_dir), flops_per_token=fpt,
         max_steps=cfg.training.max_steps, source_names=dataloader.source_names,
         device=runtime.device, rank=runtime.rank, dp_degree=dims.dp_degree,
+        extra_scalars=pusher.scalars if pusher else None, jsonl_path=dump / "metrics.jsonl",
     )
+    compute_ctx, loss_ctx = autocast_context(cfg, dims, runtime.device), loss_context(dims, cfg)
+    validator = Validator(
+        cfg.validation, dataloader.held_out, tokenizer, seq_len=cfg.training.seq_len,
+        micro_batch_size=cfg.training.micro_batch_size, global_batch_size=cfg.training.global_batch_size,
+        last_step=cfg.training.max_steps, dp_rank=dp_rank, dp_degree=dims.dp_degree, device=runtime.device,
+        compute_ctx=compute_ctx, loss_ctx=loss_ctx,
+    )
+    sampler = PromptSampler(cfg.sampling, tokenizer, tensor_parallel_degree=dims.tp)
+    profiler = StepProfiler(cfg.profiling, dump / "profiles", rank=runtime.rank, device=runtime.device)
     logger.info(
         "training steps %d -> %d: global batch %d = micro %d x accum %d x dp %d, %d tokens per step",
         state.step, cfg.training.max_steps, cfg.training.global_batch_size, cfg.training.micro_batch_size,
         accum, dims.dp_degree, cfg.training.global_batch_size * cfg.training.seq_len,
     )
-    run_loop(cfg, model, optimizer, scheduler, dataloader, checkpointer, metrics, state, accum, dp_degree=dims.dp_degree,
-             compute_ctx=autocast_context(cfg, dims, runtime.device), loss_ctx=loss_context(dims, cfg),
-             device=runtime.device, resolved=resolved)
-    metrics.close()
+    try:
+        run_loop(cfg, model, optimizer, scheduler, dataloader, checkpointer, metrics, state, accum,
+                 dp_degree=dims.dp_degree, compute_ctx=compute_ctx, loss_ctx=loss_ctx, device=runtime.device,
+                 validator=validator, sampler=sampler, profiler=profiler, guards=guards)
+    except TrainingStopped:
+        checkpointer.wait()  # an earlier checkpoint still being written in the background must land first
+        raise
+    finally:
+        guards.close()
+    checkpointer.wait()
     if dist.is_initialized():
         dist.barrier()  # every rank finished its last step and save before the group goes away
+    # rank 0 only, no collective left to time out; a preempted job has no time to wait for uploads
+    finish_pushes(pusher, checkpointer, 0 if guards.preempted else cfg.hub.final_timeout_s)
+    metrics.close(state.step)
+    guards.check(state.step)  # stopped for bad steps: its checkpoint is saved, now say so
 
 
 def run_loop(cfg: JobConfig, model: nn.Module, optimizer, scheduler, dataloader, checkpointer: CheckpointManager,
              metrics: MetricsLogger, state: TrainState, accum: int, *, dp_degree: int, compute_ctx, loss_ctx,
-             device: torch.device, resolved: str) -> None:
+             device: torch.device, validator: Validator, sampler: PromptSampler, profiler: StepProfiler,
+             guards: Guards) -> None:
     data = iter(dataloader)
     tokens_per_step = cfg.training.micro_batch_size * cfg.training.seq_len * accum
     while state.step < cfg.training.max_steps:
+        profiler.step(state.step + 1)
         micro_batches = next_micro_batches(data, accum)
         optimizer.zero_grad(set_to_none=True)
-        loss = forward_backward(model, micro_batches, device, compute_ctx, loss_ctx)
+        loss = forward_backward(model, micro_batches, device, compute_ctx, loss_ctx, z_loss=cfg.training.z_loss)
         grad_norm = clip_grad_norm_(model.parameters(), cfg.training.max_grad_norm)
-        if not torch.isfinite(grad_norm):
-            raise FloatingPointError(f"step {state.step + 1}: gradient norm is {float(grad_norm)}; "
-                                     f"lower optimizer.lr or resume from the last checkpoint")
         lr = scheduler.get_last_lr()[0]
-        optimizer.step()
+        skipped = guards.skip_step(state.step + 1, loss, grad_norm)  # non-finite or spiking: weights stay as they are
+        if not skipped:
+            optimizer.step()
         scheduler.step()
         state.step += 1
         state.tokens_seen += tokens_per_step * dp_degree
+        if validator.due(state.step):
+            with metrics.untimed():  # evaluating is not training: kept out of tokens/s
+                metrics.log_validation(state.step, validator.evaluate(model))
+        if sampler.due(state.step):
+            with metrics.untimed():
+                metrics.log_samples(state.step, sampler.complete(model))
         metrics.record(
             state.step, loss=loss, grad_norm=grad_norm, lr=lr, tokens=tokens_per_step, tokens_seen=state.tokens_seen,
             source_tokens=torch.stack([b["source_tokens"].sum(0) for b in micro_batches]).sum(0),
+            source_skipped=torch.stack([b["source_skipped"].sum(0) for b in micro_batches]).sum(0), skipped=skipped,
         )
-        if checkpointer.due(state.step, cfg.training.max_steps):
-            checkpointer.save(state.step, resolved)
+        stop = guards.should_stop()  # a stop signal reached any rank, or too many steps were skipped: save, stop
+        saving = checkpointer.due(state.step, cfg.training.max_steps, stopping=stop)
+        reporting = state.step % cfg.metrics.log_freq == 0 or state.step == cfg.training.max_steps
+        if saving or reporting:  # these steps wait for the device anyway
+            guards.check_finite()  # with skip_bad_steps off: stop before a non-finite step's weights are saved
+        checkpointer.poll()
+        if saving:
+            checkpointer.save(state.step, summary={"tokens_seen": state.tokens_seen, "loss": metrics.last_loss},
+                              final=state.step == cfg.training.max_steps)
             metrics.reset_window()
+        if stop:
+            break
+    profiler.close()
+
+
+def finish_pushes(pusher: HubPusher | None, checkpointer: CheckpointManager, timeout_s: float) -> None:
+    """Give pushes still in flight up to `timeout_s`, then prune what they were keeping alive."""
+    if pusher is not None:
+        pusher.finish(timeout_s)
+        checkpointer.prune()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, SourceError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except TrainingStopped as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

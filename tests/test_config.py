@@ -82,7 +82,7 @@ def test_cli_overrides_convert_types_and_beat_the_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("alias", "value", "section", "key", "expected"),
     [
-        ("--resume", None, "checkpoint", "resume", True),
+        ("--resume", None, "checkpoint", "resume", "required"),
         ("--max-steps", "50000", "training", "max_steps", 50000),
         ("--batch-size", "4", "training", "micro_batch_size", 4),
         ("--learning-rate", "1e-4", "optimizer", "lr", 1e-4),
@@ -108,7 +108,13 @@ def test_seed_aliases(alias, value, section, key, expected, tmp_path: Path) -> N
         (["--training.micro_batch_size", "3"], "training.global_batch_size (128) must be divisible"),
         (["--parallelism.tensor_parallel_degree", "2"], "must equal the world size (1)"),
         (["--training.seq_len", "0"], "training.seq_len must be > 0"),
-        (["--hub.push"], "hub.repo_id is empty"),
+        (["--hub.push"], "hub.repo_id must look like 'user/name' when hub.push is on, got ''"),
+        (["--hub.push", "--hub.repo_id", "nano"], "hub.repo_id must look like 'user/name'"),
+        (["--hub.push", "--hub.repo_id", "me/nano", "--hub.every_n_saves", "0"], "hub.every_n_saves must be >= 1"),
+        (["--hub.push", "--hub.repo_id", "me/nano", "--hub.path_in_repo", "ckpt/{epoch}"],
+         "hub.path_in_repo 'ckpt/{epoch}': only {step} may be used"),
+        (["--checkpoint.async_mode", "process"], "checkpoint.async_mode: 'process' is not one of"),
+        (["--hub.push", "--hub.repo_id", "me/nano", "--checkpoint.no-enable"], "checkpoint.enable is false"),
         (["--config", "does/not/exist.toml"], "config file not found: does/not/exist.toml"),
         (["stray"], "unexpected argument 'stray'"),
         (["--compile.enabl"], "unknown key 'compile.enabl' (did you mean 'compile.enable'?)"),

@@ -20,7 +20,8 @@ LOCAL_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
 
 
 class SourceError(ValueError):
-    """A source that cannot be read as configured; raised at start-up."""
+    """A source that cannot be read as configured: raised at start-up, or mid-run by a source whose rows have all
+    been unusable for data.max_consecutive_bad_rows rows (train.py prints it and exits with code 2)."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,8 @@ def resolve_sources(cfg: Data) -> list[SourceSpec]:
                 raise SourceError(f"{where}.data_files: '{path}' is not .parquet, .jsonl or .json")
             if not Path(path).is_file():
                 raise SourceError(f"{where}.data_files: file not found: {path}")
+        if len({LOCAL_FORMATS[Path(path).suffix] for path in src.data_files}) > 1:
+            raise SourceError(f"{where}.data_files: mixes parquet and json files; use one format per source")
         if src.weight == 0:
             continue
         if base is None:
@@ -142,12 +145,12 @@ def resolve_sources(cfg: Data) -> list[SourceSpec]:
     return resolved
 
 
-def check_columns(spec: SourceSpec, column_names: Iterable[str]) -> None:
+def check_columns(spec: SourceSpec, column_names: Iterable[str], where: str = "") -> None:
     """Fail at start-up, naming the source, column and file, when rows lack what the formatter reads."""
     present = set(column_names)
     missing = [c for c in spec.columns if c not in present]
     if missing:
         raise SourceError(
-            f"data.sources.{spec.name}: column '{missing[0]}' missing in {spec.origin} "
+            f"data.sources.{spec.name}: column '{missing[0]}' missing in {where or spec.origin} "
             f"(format '{spec.format}' reads {', '.join(spec.columns)}; the rows have {', '.join(sorted(present))})"
         )

@@ -2,6 +2,9 @@
 
 A model that lacks the special tokens (the LLaMA 32000 tokenizer) gets them appended as user-defined
 pieces, so each encodes to one id and the vocab grows to 32006 (the model pads it further).
+No dummy prefix space is added to a document (the LLaMA tokenizer would add one): Hugging Face tokenizers
+split on the special tokens before adding that space, so with it the exported model's tokenizer would
+encode every `<|user|>` turn differently from the training stream.
 """
 
 from __future__ import annotations
@@ -28,8 +31,11 @@ class Tokenizer:
         for token in SPECIAL_TOKENS:
             if token not in present:
                 proto.pieces.add(piece=token, score=0.0, type=sp_pb2.ModelProto.SentencePiece.USER_DEFINED)
+        proto.normalizer_spec.add_dummy_prefix = False
         self.path = Path(model_path)
-        self.sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+        self.model_bytes = proto.SerializeToString()
+        """The SentencePiece model as used (special tokens added): saved with each checkpoint and exported."""
+        self.sp = spm.SentencePieceProcessor(model_proto=self.model_bytes)
         self.vocab_size: int = self.sp.vocab_size()
         self.bos_id: int = self.sp.bos_id()
         self.eos_id: int = self.sp.eos_id()

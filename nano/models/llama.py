@@ -9,12 +9,16 @@ The model imports nothing from torch.distributed: parallelism is applied from ou
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from nano.loss import linear_cross_entropy
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,80 @@ def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Initialisation
+
+Place = Callable[[torch.Tensor, torch.Tensor], None]  # (parameter, its full value) -> this process's part copied in
+
+
+def copy_whole(param: torch.Tensor, full: torch.Tensor) -> None:
+    """`Place` for an unsharded parameter."""
+    param.copy_(full)
+
+
+class ParamInit:
+    """Draws each parameter in full on the CPU from a generator of its own, seeded by (seed, the parameter's
+    state-dict name), and lets `place` copy this process's part into it.
+
+    So the weights depend on the seed alone: one process, FSDP, HSDP and tensor parallel start from the same
+    model, bit for bit, on CPU and on CUDA (drawing per shard makes the model depend on the layout). One
+    parameter at a time: the largest temporary is one full tensor (nano_1b: the 32K x 2048 embedding,
+    262 MB), never the model. Truncated normals resample the few values beyond 3 std (torch's
+    trunc_normal_ inverts the CDF: 16 against 148 million values per second on one CPU core).
+    """
+
+    def __init__(self, model: nn.Module, seed: int, place: Place) -> None:
+        self.seed, self.place = seed, place
+        self.names: dict[int, str] = {}
+        for name, param in model.state_dict(keep_vars=True).items():  # names without wrapper prefixes
+            self.names.setdefault(id(param), name)
+
+    def generator(self, param: torch.Tensor) -> torch.Generator:
+        name = self.names[id(param)]
+        digest = hashlib.blake2b(f"{self.seed}/{name}".encode(), digest_size=8).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+
+    def normal(self, param: torch.Tensor, std: float) -> None:
+        full = torch.randn(param.shape, generator=self.generator(param))
+        self.place(param, full.mul_(std).to(param.dtype))
+
+    def trunc_normal(self, param: torch.Tensor, std: float) -> None:
+        """N(0, std) truncated at +-3 std."""
+        generator = self.generator(param)
+        full = torch.randn(param.shape, generator=generator)
+        flat = full.view(-1)
+        outside = (flat.abs() > 3).nonzero().squeeze(1)
+        while outside.numel():
+            flat[outside] = torch.randn(outside.numel(), generator=generator)
+            outside = outside[flat[outside].abs() > 3]
+        self.place(param, full.mul_(std).to(param.dtype))
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Blocks
+
+
+class KVCache:
+    """One attention layer's keys and values of the tokens seen so far, for generation: each new token then
+    costs one position's attention instead of recomputing the whole prefix. Not a module, not in the state dict."""
+
+    def __init__(self, max_len: int) -> None:
+        self.max_len = max_len
+        self.length = 0  # positions filled
+        self.keys: torch.Tensor | None = None  # [B, Hkv, max_len, D], allocated on first use
+        self.values: torch.Tensor | None = None
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append k, v [B, Hkv, S, D]; returns the keys and values of every position so far."""
+        if self.keys is None or self.values is None:
+            shape = (k.shape[0], k.shape[1], self.max_len, k.shape[3])
+            self.keys, self.values = k.new_zeros(shape), v.new_zeros(shape)
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions, {end} needed")
+        self.keys[:, :, self.length : end] = k
+        self.values[:, :, self.length : end] = v
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
 
 
 class Attention(nn.Module):
@@ -102,7 +179,7 @@ class Attention(nn.Module):
         self.wv = nn.Linear(args.dim, args.kv_heads * args.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         bsz, seq_len, _ = x.shape
         # Head counts come from the projected shapes, so column-sharded (tensor-parallel) wq/wk/wv just work.
         q = self.wq(x).view(bsz, seq_len, -1, self.head_dim)  # [B, S, H, D]
@@ -110,13 +187,19 @@ class Attention(nn.Module):
         v = self.wv(x).view(bsz, seq_len, -1, self.head_dim)  # [B, S, Hkv, D]
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, S, D]
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.shape[1] != q.shape[1])
+        past = 0 if cache is None else cache.length
+        if cache is not None:
+            k, v = cache.update(k, v)  # [B, Hkv, past + S, D]
+        # Query i sits at position past + i: it sees keys 0 .. past + i.
+        mask = None if past == 0 else torch.ones(seq_len, past + seq_len, dtype=torch.bool, device=x.device).tril(past)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                             enable_gqa=k.shape[1] != q.shape[1])
         return self.wo(out.transpose(1, 2).reshape(bsz, seq_len, -1))  # [B, S, H*D] -> [B, S, dim]
 
-    def init_weights(self, std: float, out_std: float) -> None:
+    def init_weights(self, init: ParamInit, std: float, out_std: float) -> None:
         for linear in (self.wq, self.wk, self.wv):
-            nn.init.trunc_normal_(linear.weight, std=std, a=-3 * std, b=3 * std)
-        nn.init.trunc_normal_(self.wo.weight, std=out_std, a=-3 * out_std, b=3 * out_std)
+            init.trunc_normal(linear.weight, std)
+        init.trunc_normal(self.wo.weight, out_std)
 
 
 class FeedForward(nn.Module):
@@ -131,10 +214,10 @@ class FeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
-    def init_weights(self, std: float, out_std: float) -> None:
+    def init_weights(self, init: ParamInit, std: float, out_std: float) -> None:
         for linear in (self.w1, self.w3):
-            nn.init.trunc_normal_(linear.weight, std=std, a=-3 * std, b=3 * std)
-        nn.init.trunc_normal_(self.w2.weight, std=out_std, a=-3 * out_std, b=3 * out_std)
+            init.trunc_normal(linear.weight, std)
+        init.trunc_normal(self.w2.weight, out_std)
 
 
 class TransformerBlock(nn.Module):
@@ -145,15 +228,16 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = nn.RMSNorm(args.dim, eps=args.norm_eps)
         self.feed_forward = FeedForward(args.dim, args.ffn_hidden_dim)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), rope)
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        # cache as a keyword: tensor-parallel plans lay out the positional inputs only
+        x = x + self.attention(self.attention_norm(x), rope, cache=cache)
         return x + self.feed_forward(self.ffn_norm(x))
 
-    def init_weights(self, std: float, out_std: float) -> None:
+    def init_weights(self, init: ParamInit, std: float, out_std: float) -> None:
         self.attention_norm.reset_parameters()
         self.ffn_norm.reset_parameters()
-        self.attention.init_weights(std, out_std)
-        self.feed_forward.init_weights(std, out_std)
+        self.attention.init_weights(init, std, out_std)
+        self.feed_forward.init_weights(init, std, out_std)
 
 
 class Transformer(nn.Module):
@@ -170,39 +254,84 @@ class Transformer(nn.Module):
         # Not persistent: derived from the args, so checkpoints hold weights only.
         self.register_buffer("rope", rope_tables(args.head_dim, args.max_seq_len, args.rope_theta), persistent=False)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [B, S] -> logits [B, S, vocab]."""
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None,
+                cache: list[KVCache] | None = None, z_loss: float = 0.0) -> torch.Tensor:
+        """tokens [B, S] -> logits [B, S, vocab]; with labels [B, S], their mean cross-entropy instead.
+
+        The loss is computed here, inside the one forward call, so that whatever wraps the model (FSDP's
+        all-gather of the head, autocast) covers it, and through nano.loss so the logits never exist in full.
+        With `cache` (one KVCache per layer, see `new_cache`), tokens continue the sequence the cache holds.
+        `z_loss` > 0 adds that weight times the mean squared log-partition of the logits (training.z_loss).
+        """
+        start = 0 if cache is None else cache[0].length
         seq_len = tokens.shape[1]
-        if seq_len > self.args.max_seq_len:
-            raise ValueError(f"sequence of {seq_len} tokens exceeds max_seq_len {self.args.max_seq_len}")
+        if start + seq_len > self.args.max_seq_len:
+            raise ValueError(f"sequence of {start + seq_len} tokens exceeds max_seq_len {self.args.max_seq_len}")
         h = self.tok_embeddings(tokens)  # [B, S, dim]
-        rope = self.rope[:, :seq_len]
-        for layer in self.layers.values():
-            h = layer(h, rope)
-        return self.output(self.norm(h))
+        rope = self.rope[:, start : start + seq_len]
+        for index, layer in enumerate(self.layers.values()):
+            h = layer(h, rope, cache=None if cache is None else cache[index])
+        h = self.norm(h)
+        if labels is None:
+            return self.output(h)
+        return linear_cross_entropy(h, self.output, labels, z_loss=z_loss)
+
+    def new_cache(self, max_len: int | None = None) -> list[KVCache]:
+        """Empty KV caches, one per layer, for up to `max_len` positions (default: the model's context)."""
+        return [KVCache(min(max_len or self.args.max_seq_len, self.args.max_seq_len)) for _ in self.layers]
 
     @torch.no_grad()
-    def init_weights(self, buffer_device: torch.device | None = None) -> None:
-        """Materialise every parameter and buffer (after `to_empty`).
+    def init_weights(self, buffer_device: torch.device | None = None, *, seed: int = 0,
+                     place: Place | None = None) -> None:
+        """Materialise every parameter and buffer (after `to_empty`); the same seed gives the same weights
+        under any sharding (see ParamInit; `place` copies a full tensor into a sharded parameter).
 
-        Input projections and embeddings: N(0, init_std). Each block's output projections (wo, w2) add
-        into the residual stream 2 x n_layers times, so their std is divided by sqrt(2 * n_layers) to keep
-        the residual variance independent of depth (GPT-2 / OLMo). The output head uses dim**-0.5 so the
-        initial logits have unit scale and the first loss is close to ln(vocab).
+        Embeddings: N(0, init_std); input projections: the same, truncated at 3 std. Each block's output
+        projections (wo, w2) add into the residual stream 2 x n_layers times, so their std is divided by
+        sqrt(2 * n_layers) to keep the residual variance independent of depth (GPT-2 / OLMo). The output
+        head uses dim**-0.5 so the initial logits have unit scale and the first loss is close to ln(vocab).
         """
         args = self.args
         device = buffer_device or self.rope.device
         self.rope = rope_tables(args.head_dim, args.max_seq_len, args.rope_theta, device=device)
-        std, out_std = args.init_std, args.init_std / math.sqrt(2 * args.n_layers)
-        nn.init.normal_(self.tok_embeddings.weight, std=std)
-        for layer in self.layers.values():
-            layer.init_weights(std, out_std)
-        self.norm.reset_parameters()
         if args.tie_embeddings:  # to_empty() gives each module its own new tensor, breaking the tie
             self.output.weight = self.tok_embeddings.weight
-        else:
-            head_std = args.dim**-0.5
-            nn.init.trunc_normal_(self.output.weight, std=head_std, a=-3 * head_std, b=3 * head_std)
+        init = ParamInit(self, seed, place or copy_whole)
+        std, out_std = args.init_std, args.init_std / math.sqrt(2 * args.n_layers)
+        init.normal(self.tok_embeddings.weight, std)
+        for layer in self.layers.values():
+            layer.init_weights(init, std, out_std)
+        self.norm.reset_parameters()
+        if not args.tie_embeddings:
+            init.trunc_normal(self.output.weight, args.dim**-0.5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Attention kernel
+
+
+def sdpa_backend(args: ModelArgs, seq_len: int, dtype: torch.dtype, device: torch.device) -> str:
+    """The kernel `F.scaled_dot_product_attention` dispatches to for this model on a CUDA device, for the
+    start-up log: the math fallback materialises the S x S scores and is several times slower.
+
+    Follows PyTorch's default priority (flash, memory-efficient, math, then cuDNN only if math is disabled).
+    """
+    if device.type != "cuda":
+        return f"{device.type} (fused flash kernel when the inputs allow)"
+    cuda = torch.backends.cuda
+    q = torch.empty(1, args.n_heads, seq_len, args.head_dim, dtype=dtype, device=device)  # [B, H, S, D]
+    kv = torch.empty(1, args.kv_heads, seq_len, args.head_dim, dtype=dtype, device=device)
+    params = cuda.SDPAParams(q, kv, kv, None, 0.0, True, args.kv_heads != args.n_heads)
+    candidates = [
+        ("flash", cuda.flash_sdp_enabled, cuda.can_use_flash_attention),
+        ("memory-efficient", cuda.mem_efficient_sdp_enabled, cuda.can_use_efficient_attention),
+        ("math", cuda.math_sdp_enabled, lambda _: True),
+        ("cudnn", cuda.cudnn_sdp_enabled, cuda.can_use_cudnn_attention),
+    ]
+    for name, enabled, usable in candidates:
+        if enabled() and usable(params):
+            return name
+    return "none enabled"
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor, Replicate, Shard
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     PrepareModuleInput,
@@ -205,6 +205,22 @@ def apply_fsdp(model: Transformer, dp_mesh: DeviceMesh, *, param_dtype: torch.dt
     fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_for(True))
     kind = "HSDP (replicate x shard)" if hsdp else "FSDP2"
     return f"{kind} over {dp_mesh.size()} ranks: params {str(param_dtype).removeprefix('torch.')}, reduce float32"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Initialisation
+
+
+def place_shard(param: torch.Tensor, full: torch.Tensor) -> None:
+    """Copy this process's part of `full` into `param`, for `Transformer.init_weights(place=...)`.
+
+    Every rank holds the same full tensor (drawn from the parameter's own seeded generator), so each takes
+    its slice as the DTensor placements say (src_data_rank=None: locally, no communication) and the sharded
+    model equals the unsharded one bit for bit, whatever the mesh.
+    """
+    if isinstance(param, DTensor):
+        full = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)
+    param.copy_(full)
 
 
 # ---------------------------------------------------------------------------------------------------------

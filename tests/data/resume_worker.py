@@ -1,4 +1,5 @@
-"""torchrun worker: each rank's loader resumes exactly through a real DCP checkpoint, twice; ranks are disjoint."""
+"""torchrun worker: each rank's loader, shuffling, resumes exactly through a real DCP checkpoint, twice; ranks are
+disjoint."""
 
 import os
 import sys
@@ -17,7 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def make_loader(workers: int, rank: int, world: int):
-    argv = ["--config", str(REPO / "train_configs/debug_model.toml"), "--data.num_workers", str(workers)]
+    argv = ["--config", str(REPO / "train_configs/debug_model.toml"), "--data.num_workers", str(workers),
+            "--data.shuffle_buffer", "200"]  # several blocks per epoch of each demo file
     cfg = load_config(argv).data
     tok = Tokenizer(REPO / cfg.tokenizer)
     return build_dataloader(cfg, tok, seq_len=64, micro_batch_size=2, dp_rank=rank, dp_world_size=world, seed=3)
@@ -40,7 +42,7 @@ def main(folder: Path) -> None:
         reference = make_loader(workers, rank, world)
         it = iter(reference)
         list(islice(it, 4))
-        manager(root, reference, rank, world).save(4, "")
+        manager(root, reference, rank, world).save(4)
         expected = [b["input"] for b in islice(it, 6)]
 
         # Ranks read disjoint rows, so no window of one rank is served to the other.
@@ -53,7 +55,7 @@ def main(folder: Path) -> None:
         resumed = make_loader(workers, rank, world)
         resumed_manager = manager(root, resumed, rank, world)
         assert resumed_manager.load_latest() == 4
-        resumed_manager.save(5, "")  # saved again before iterating: the double-resume case
+        resumed_manager.save(5)  # saved again before iterating: the double-resume case
         assert_same([b["input"] for b in islice(iter(resumed), 6)], expected, f"rank {rank}: first resume")
 
         again = make_loader(workers, rank, world)

@@ -13,8 +13,7 @@ import torch
 
 from nano.config import Data, Source
 from nano.data.loader import build_dataloader
-from nano.data.sources import SourceSpec
-from nano.data.streams import ROWS_PER_READ, RowStream
+from nano.data.streams import ROWS_PER_READ
 from nano.data.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,19 +22,23 @@ TOKENIZER = Tokenizer(REPO / "assets/tokenizer/nano_demo.model")
 
 @pytest.fixture(scope="module")
 def mix(tmp_path_factory) -> Data:
-    """A short jsonl source (several epochs per test) and a longer parquet one (several reads per epoch)."""
+    """A short jsonl source (several epochs per test) and a longer parquet one (several reads per epoch), both with
+    unusable rows among the good ones."""
     folder = tmp_path_factory.mktemp("mix")
-    (folder / "short.jsonl").write_text("".join(json.dumps({"text": f"short {i}"}) + "\n" for i in range(90)))
-    pq.write_table(pa.table({"text": [f"long row {i}" for i in range(5 * ROWS_PER_READ)]}), folder / "long.parquet")
+    short = [json.dumps({"text": f"short {i}"}) if i % 17 else '{"text": null}' for i in range(90)]
+    (folder / "short.jsonl").write_text("\n".join(short[:40] + ['{"text": "cut'] + short[40:]) + "\n")
+    long = [f"long row {i}" if i % 29 else None for i in range(5 * ROWS_PER_READ)]
+    pq.write_table(pa.table({"text": long}), folder / "long.parquet")
     return Data(sources={
         "short": Source(weight=1, format="text", data_files=[str(folder / "short.jsonl")]),
         "long": Source(weight=1, format="text", data_files=[str(folder / "long.parquet")]),
     })
 
 
-def loader(cfg: Data, *, workers: int = 0, rank: int = 0, world: int = 1):
-    cfg = Data(tokenizer=cfg.tokenizer, num_workers=workers, sources=cfg.sources)
-    return build_dataloader(cfg, TOKENIZER, seq_len=31, micro_batch_size=4, dp_rank=rank, dp_world_size=world, seed=5)
+def loader(cfg: Data, *, workers: int = 0, rank: int = 0, world: int = 1, shuffle: int = 0, seed: int = 5):
+    cfg = Data(tokenizer=cfg.tokenizer, num_workers=workers, shuffle_buffer=shuffle, sources=cfg.sources)
+    return build_dataloader(cfg, TOKENIZER, seq_len=31, micro_batch_size=4, dp_rank=rank, dp_world_size=world,
+                            seed=seed)
 
 
 def take(stream, n: int) -> list[torch.Tensor]:
@@ -46,42 +49,16 @@ def assert_same(got: list[torch.Tensor], want: list[torch.Tensor]) -> None:
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
 
 
-@pytest.mark.parametrize(("shard", "num_shards"), [(0, 1), (1, 2)])
-def test_row_stream_resumes_on_the_next_row(tmp_path: Path, shard: int, num_shards: int) -> None:
-    rows = [f"row {i}" for i in range(3 * ROWS_PER_READ + 5)]
-    path = tmp_path / "rows.jsonl"
-    path.write_text("".join(json.dumps({"text": r}) + "\n" for r in rows))
-    spec = SourceSpec(name="rows", hub_id="", subset=None, split="train", format="text", columns=("text",),
-                      gated=False, card="", weight=1.0, data_files=(str(path),))
-    mine = rows[shard::num_shards]
-    served = mine * 4  # what an uninterrupted stream serves: this shard's rows, epoch after epoch
-    # Saves: inside the second `datasets` read; 3 rows after resuming (still inside the resumed read, where
-    # `datasets` reports its initial state); 2 reads later; after wrapping into the next epoch.
-    saves = [ROWS_PER_READ + 6, ROWS_PER_READ + 9, 3 * ROWS_PER_READ + 9, 3 * ROWS_PER_READ + 9 + len(mine)]
-
-    def read(stream: RowStream, n: int) -> list[str]:
-        return [stream.next_row()["text"] for _ in range(n)]
-
-    stream = RowStream(spec, shard, num_shards)
-    read(stream, saves[0])
-    for start, stop in zip(saves, saves[1:]):
-        state = stream.state_dict()
-        stream = RowStream(spec, shard, num_shards)
-        stream.load_state_dict(state)
-        assert stream.state_dict() == state  # saved again before reading: still the resumed position
-        assert read(stream, stop - start) == served[start:stop]
-    assert stream.epoch == (saves[-1] - 1) // len(mine) > 0
-
-
+@pytest.mark.parametrize("shuffle", [0, 50])
 @pytest.mark.parametrize("workers", [0, 2])
-def test_loader_resumes_exactly_and_twice(mix: Data, workers: int) -> None:
-    reference = loader(mix, workers=workers)
+def test_loader_resumes_exactly_and_twice(mix: Data, workers: int, shuffle: int) -> None:
+    reference = loader(mix, workers=workers, shuffle=shuffle)
     reference_iter = iter(reference)
     take(reference_iter, 20)
     saved = pickle.loads(pickle.dumps(reference.state_dict()))  # as a checkpoint stores it
     expected = take(reference_iter, 20)
 
-    resumed = loader(mix, workers=workers)
+    resumed = loader(mix, workers=workers, shuffle=shuffle)
     resumed.load_state_dict(saved)
     saved_before_iterating = resumed.state_dict()
     resumed_iter = iter(resumed)
@@ -89,7 +66,7 @@ def test_loader_resumes_exactly_and_twice(mix: Data, workers: int) -> None:
     saved_later = resumed.state_dict()
 
     for state, want in ((saved_before_iterating, expected), (saved_later, expected[10:])):
-        again = loader(mix, workers=workers)
+        again = loader(mix, workers=workers, shuffle=shuffle)
         again.load_state_dict(state)
         assert_same(take(again, len(want)), want)
 
@@ -107,3 +84,12 @@ def test_resume_with_other_sources_is_refused(mix: Data) -> None:
     fewer = Data(sources={"short": mix.sources["short"]})
     with pytest.raises(ValueError, match=r"saved for sources \['short', 'long'\], this run mixes \['short'\]"):
         loader(fewer).load_state_dict(state)
+
+
+def test_resume_with_another_shuffle_or_seed_is_refused(mix: Data) -> None:
+    state = loader(mix, shuffle=50).state_dict()
+    with pytest.raises(ValueError, match="saved with {'shuffle_buffer': 50, 'seed': 5}, this run has "
+                                         "{'shuffle_buffer': 0, 'seed': 5}: resume with the same data.shuffle_buffer"):
+        loader(mix).load_state_dict(state)
+    with pytest.raises(ValueError, match="this run has {'shuffle_buffer': 50, 'seed': 6}"):
+        loader(mix, shuffle=50, seed=6).load_state_dict(state)

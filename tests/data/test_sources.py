@@ -1,8 +1,9 @@
+import re
 from pathlib import Path
 
 import pytest
 
-from nano.config import SEED_MIX, Data, Source, load_config
+from nano.config import SEED_MIX, ConfigError, Data, Source, load_config
 from nano.data.loader import build_dataloader
 from nano.data.sources import REGISTRY, SourceError, resolve_sources
 from nano.data.tokenizer import Tokenizer
@@ -43,6 +44,9 @@ def test_new_source_with_hub_id_and_format(tmp_path: Path) -> None:
         ({"gsm8k": Source(weight=1, format="nope")}, "unknown format 'nope'"),
         ({"gsm8k": Source(weight=1, data_files=["no/such/file.jsonl"])}, "file not found: no/such/file.jsonl"),
         ({"gsm8k": Source(weight=1, data_files=["rows.csv"])}, "'rows.csv' is not .parquet, .jsonl or .json"),
+        ({"gsm8k": Source(weight=1, data_files=[str(REPO / "assets/demo/gsm8k.jsonl"),
+                                                str(REPO / "assets/demo/the_stack_python.parquet")])},
+         "data.sources.gsm8k.data_files: mixes parquet and json files"),
     ],
 )
 def test_bad_sources_are_named(sources: dict, message: str) -> None:
@@ -58,3 +62,16 @@ def test_missing_column_is_named_at_start_up(tmp_path: Path) -> None:
     tok = Tokenizer(REPO / "assets/tokenizer/nano_demo.model")
     with pytest.raises(SourceError, match=rf"data.sources.gsm8k: column 'answer' missing in {path}"):
         build_dataloader(cfg, tok, seq_len=16, micro_batch_size=2, dp_rank=0, dp_world_size=1, seed=0)
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("data.shuffle_buffer", "-1", "data.shuffle_buffer must be >= 0 (0 turns shuffling off), got -1"),
+    ("data.max_consecutive_bad_rows", "0", "data.max_consecutive_bad_rows must be >= 1, got 0"),
+])
+def test_data_ranges_are_checked_at_load(key: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(["--config", str(REPO / "train_configs/debug_model.toml"), f"--{key}", value])
+
+
+def test_the_debug_config_trains_shuffled() -> None:
+    assert load_config(["--config", str(REPO / "train_configs/debug_model.toml")]).data.shuffle_buffer > 0

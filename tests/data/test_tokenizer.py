@@ -54,7 +54,8 @@ def test_special_tokens_are_added_to_a_model_without_them(tmp_path: Path) -> Non
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(f"line {i} with some words and numbers {i * 7}" for i in range(300)))
     spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "plain"), vocab_size=120,
-                                   model_type="bpe", minloglevel=2)
+                                   model_type="bpe", minloglevel=2, normalization_rule_name="identity",
+                                   remove_extra_whitespaces=False)  # as LLaMA's, with its dummy prefix
     plain = spm.SentencePieceProcessor(model_file=str(tmp_path / "plain.model"))
     tok = Tokenizer(tmp_path / "plain.model")
     assert tok.vocab_size == plain.vocab_size() + len(SPECIAL_TOKENS)
@@ -64,7 +65,11 @@ def test_special_tokens_are_added_to_a_model_without_them(tmp_path: Path) -> Non
         assert ids.count(special) == 1
         rest = tok.decode([i for i in ids if i != special])
         assert "<" not in rest and "|" not in rest and "think" not in rest  # no fragment of the token outside its id
-    assert tok.encode("line 3 with") == plain.encode("line 3 with")
+    # The same pieces as the plain model, without its dummy prefix space: a document starts on its first token,
+    # as Hugging Face tokenizers (which split on special tokens first) encode it too.
+    assert tok.encode(" line 3 with") == plain.encode("line 3 with")
+    assert tok.encode("<|user|>\nline 3")[0] == tok.special_ids["<|user|>"]
+    assert plain.encode("<|user|>")[0] != plain.piece_to_id("<|user|>")  # the plain model has no such piece
 
 
 def test_load_tokenizer_names_a_missing_file() -> None:

@@ -33,6 +33,20 @@ def test_output_shape_and_finite() -> None:
     assert torch.isfinite(logits).all()
 
 
+def test_forward_with_labels_is_the_cross_entropy_of_the_logits() -> None:
+    """The loss path (nano.loss, never all logits at once) against the logits path, value and gradients."""
+    tokens, labels = torch.randint(0, 128, (2, 2, 17), generator=torch.Generator().manual_seed(3)).unbind(0)
+    via_logits, via_labels = build(), build()
+    expected = torch.nn.functional.cross_entropy(via_logits(tokens).flatten(0, 1), labels.flatten())
+    expected.backward()
+    loss = via_labels(tokens, labels)
+    loss.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    for (name, a), b in zip(via_logits.named_parameters(), via_labels.parameters()):
+        # Summation order differs: relative to the largest entry, the gradients agree to ~1e-6.
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5 * float(a.grad.abs().max()), msg=name)
+
+
 def test_causality() -> None:
     model = build()
     tokens = torch.randint(0, 128, (1, 20))
@@ -129,16 +143,9 @@ def test_matches_transformers_llama() -> None:
         tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
     )
     hf = transformers.LlamaForCausalLM(hf_cfg).eval()
-    names = {"attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj", "attention.wv": "self_attn.v_proj",
-             "attention.wo": "self_attn.o_proj", "feed_forward.w1": "mlp.gate_proj", "feed_forward.w2": "mlp.down_proj",
-             "feed_forward.w3": "mlp.up_proj", "attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
-    hf_state = {"model.embed_tokens.weight": model.tok_embeddings.weight, "model.norm.weight": model.norm.weight,
-                "lm_head.weight": model.output.weight}
-    for key, value in model.state_dict().items():
-        if key.startswith("layers."):
-            _, idx, rest = key.split(".", 2)
-            module, param = rest.rsplit(".", 1)
-            hf_state[f"model.layers.{idx}.{names[module]}.{param}"] = value
+    from nano.checkpoint.export import hf_name  # the export's one name table
+
+    hf_state = {hf_name(key): value for key, value in model.state_dict().items()}
     missing, unexpected = hf.load_state_dict(hf_state, strict=False)
     assert not unexpected and all("rotary" in k for k in missing)
     tokens = torch.randint(0, TINY.vocab_size, (2, 24))

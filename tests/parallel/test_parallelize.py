@@ -9,7 +9,7 @@ import torch
 from nano.config import ConfigError, Float8, load_config
 from nano.models.llama import FLAVORS, Transformer
 from nano.parallel.dims import ParallelDims
-from nano.parallel.memory import check_fits, estimate_peak_memory
+from nano.parallel.memory import check_fits, estimate_peak_memory, loss_bytes
 from nano.parallel.parallelize import apply_ac, apply_compile, apply_float8, parallelize
 from nano.train import forward_backward
 from tests.tiny import TINY, batches, reference_model, train
@@ -110,6 +110,30 @@ def test_memory_estimate_orders_the_checkpointing_modes_and_refuses_what_cannot_
     with pytest.raises(ConfigError, match="lower --batch-size"):
         check_fits(totals["none"], device_memory=24 * 2**30)
     check_fits(totals["full"], device_memory=80 * 2**30)
+
+
+def test_the_chunked_loss_lets_the_seeds_one_gpu_settings_fit_24_gib() -> None:
+    """micro-batch 8 x 2048, full AC, bf16, one GPU: the materialised logits (~5 GiB) did not fit a 24 GiB card."""
+    args = dataclasses.replace(FLAVORS["nano_1b"], vocab_size=32064)
+    cfg = load_config(["--model.flavor", "nano_1b", "--activation_checkpoint.mode", "full"])
+    one_gpu = ParallelDims.from_config(cfg.parallelism, 1)
+    estimate = estimate_peak_memory(args, cfg, one_gpu)
+    check_fits(estimate, device_memory=24 * 2**30)
+    with pytest.raises(ConfigError, match="exceeds the device's 24.0 GiB"):
+        check_fits(dataclasses.replace(estimate, loss=loss_bytes(args, cfg, one_gpu, chunked=False)), 24 * 2**30)
+
+    # Only one chunk of logits is alive: more tokens add hidden-state gradients (tokens x dim), not logits.
+    tokens = cfg.training.micro_batch_size * cfg.training.seq_len
+    cfg.training.micro_batch_size *= 2
+    assert loss_bytes(args, cfg, one_gpu) - estimate.loss < tokens * args.dim * 8 < tokens * args.vocab_size * 2
+
+    # Tensor parallel applies the head as a module: the logits exist, split over the ranks by loss parallel.
+    cfg = load_config(["--model.flavor", "nano_1b", "--parallelism.tensor_parallel_degree", "2",
+                       "--training.global_batch_size", "8"], world_size=2)
+    tp = ParallelDims.from_config(cfg.parallelism, 2)
+    assert loss_bytes(args, cfg, tp) == loss_bytes(args, cfg, tp, chunked=False)
+    cfg.parallelism.enable_loss_parallel = True
+    assert loss_bytes(args, cfg, tp) == loss_bytes(args, cfg, one_gpu, chunked=False) // 2
 
 
 def test_tied_embeddings_are_refused_when_sharded() -> None:
