@@ -25,16 +25,6 @@ RUN = ["--config", "train_configs/debug_model.toml", "--training.seq_len", "64",
        "--sampling.prompts", ""]
 
 
-@pytest.fixture
-def one_thread():
-    """In-process runs use one intra-op thread, as the launched ones do (OMP_NUM_THREADS=1): on a shared CPU,
-    two spinning threads per process slow every step several times."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def guard(**overrides) -> BadStepGuard:
     return BadStepGuard(Training(**{"spike_window": 4, "spike_factor": 3.0, "max_consecutive_skips": 3, **overrides}))
 

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from nano.train import main
 from tests.distributed import REPO_ROOT, free_port
@@ -35,16 +34,6 @@ MESHES = {
     "fsdp2": (2, []),
     "hsdp2x1": (2, ["--parallelism.data_parallel_replicate_degree", "2"]),
 }
-
-
-@pytest.fixture
-def one_thread():
-    """In-process runs use one intra-op thread, as the launched ones do (OMP_NUM_THREADS=1): on a shared CPU,
-    two spinning threads per process slow every step several times."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def env(**extra: str) -> dict[str, str]:
