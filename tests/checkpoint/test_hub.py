@@ -157,7 +157,8 @@ def train(hub: FakeHub, dump: Path, *extra: str, env: dict[str, str] | None = No
     """One training process (as `run_train.sh` starts it on a 1-GPU box) with the push on."""
     return subprocess.run(
         [sys.executable, "-m", "nano.train", "--config", "train_configs/debug_model.toml", "--training.seq_len", "64",
-         "--validation.no-enable", "--job.dump_folder", str(dump), "--metrics.log_freq", "1", "--hub.push", "--hub.repo_id", REPO, *extra],
+         "--validation.no-enable", "--job.dump_folder", str(dump), "--metrics.log_freq", "1", "--hub.push",
+         "--hub.repo_id", REPO, *extra],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})})
 
 
