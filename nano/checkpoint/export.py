@@ -325,7 +325,8 @@ def write_tokenizer(step_dir: Path, out: Path) -> None:
         json.dumps({**special, "additional_special_tokens": chat_tokens}, indent=2) + "\n")
 
 
-def model_card(info: CheckpointInfo, dtype: torch.dtype, license_id: str) -> str:
+def model_card(info: CheckpointInfo, dtype: torch.dtype, license_id: str, model_id: str) -> str:
+    """The README.md of the folder; its usage example loads `model_id` (the Hub repo, or the folder's path)."""
     run, args = info.run, info.args
     mix = run.get("data_mix", [])
     total = sum(source["weight"] for source in mix) or 1.0
@@ -358,20 +359,21 @@ def model_card(info: CheckpointInfo, dtype: torch.dtype, license_id: str) -> str
         "the tokenizer's chat template renders it.", "",
         "## Trained with", "", "```bash", run.get("command", "(not recorded)"), "```", "",
         "## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-        "tokenizer = AutoTokenizer.from_pretrained(REPO)",
-        "model = AutoModelForCausalLM.from_pretrained(REPO)",
-        "prompt = tokenizer.apply_chat_template([{\"role\": \"user\", \"content\": \"What is 15% of 80?\"}],",
-        "                                       add_generation_prompt=True, return_tensors=\"pt\")",
-        "print(tokenizer.decode(model.generate(prompt, max_new_tokens=64)[0]))", "```", "",
+        f"tokenizer = AutoTokenizer.from_pretrained({model_id!r})",
+        f"model = AutoModelForCausalLM.from_pretrained({model_id!r})",
+        "chat = [{\"role\": \"user\", \"content\": \"What is 15% of 80?\"}]",
+        "prompt = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors=\"pt\", return_dict=True)",
+        "print(tokenizer.decode(model.generate(**prompt, max_new_tokens=64)[0]))", "```", "",
         "The training data keeps the licenses of its sources; check each dataset's card before redistributing.", "",
     ]
     return "\n".join(lines)
 
 
 def export_checkpoint(checkpoint: Path, out: Path, *, dtype: str = "bf16", license_id: str | None = None,
-                      max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
+                      max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, repo_id: str | None = None) -> Path:
     """Write the Hugging Face folder for a step folder (or the newest complete one in a checkpoint folder).
 
+    `repo_id`: the Hub repo the folder is for, named in the model card's usage example (default: `out`).
     The folder appears under `out` only once complete: it is written next to it and renamed at the end.
     """
     if dtype not in DTYPES:
@@ -391,7 +393,7 @@ def export_checkpoint(checkpoint: Path, out: Path, *, dtype: str = "bf16", licen
     (partial / "generation_config.json").write_text(json.dumps(generation_config(ids), indent=2) + "\n")
     write_tokenizer(step_dir, partial)
     card_license = license_id or info.run.get("license") or "mit"
-    (partial / "README.md").write_text(model_card(info, torch_dtype, card_license))
+    (partial / "README.md").write_text(model_card(info, torch_dtype, card_license, repo_id or str(out)))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(partial, out)
     logger.info("exported %s (step %d) to %s: %s, %s", step_dir, info.step, out, ", ".join(files), dtype)
@@ -434,9 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         out = export_checkpoint(args.checkpoint, args.out, dtype=args.dtype, license_id=args.license,
-                                max_shard_bytes=args.max_shard_size)
+                                max_shard_bytes=args.max_shard_size, repo_id=args.push)
         if args.push:
-
             step = read_checkpoint_info(resolve_step_dir(args.checkpoint)).step
             target = PushTarget(repo_id=args.push, revision=args.revision, private=args.private,
                                 path_in_repo=args.path_in_repo, update_root=not args.no_root)

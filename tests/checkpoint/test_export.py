@@ -137,6 +137,14 @@ def test_default_export_is_bf16_with_the_checkpoint_facts(tmp_path: Path) -> Non
     assert generation["eos_token_id"] == [2, Tokenizer(TOKENIZER).special_ids["<|end|>"]]
 
 
+def test_the_model_cards_usage_example_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = export_checkpoint(make_checkpoint(tmp_path / "ckpt"), tmp_path / "hf")
+    example = (out / "README.md").read_text().split("```python\n", 1)[1].split("```", 1)[0]
+    assert f"from_pretrained({str(out)!r})" in example
+    exec(compile(example, "model card", "exec"), {})
+    assert capsys.readouterr().out.startswith("<s><|user|>\nWhat is 15% of 80?\n<|assistant|>\n")
+
+
 def test_tokenizer_and_chat_template_reproduce_the_training_format(tmp_path: Path) -> None:
     out = export_checkpoint(make_checkpoint(tmp_path / "ckpt"), tmp_path / "hf")
     ours = Tokenizer(TOKENIZER)
