@@ -652,6 +652,14 @@ def _validate_hub(hub: Hub) -> None:
 # Entry points
 
 
+def parse_toml(text: str, where: str) -> dict[str, Any]:
+    """A TOML document as nested dicts; ConfigError naming `where` if it is not valid TOML."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{where}: invalid TOML: {err}") from err
+
+
 def load_config(argv: list[str], world_size: int = 1) -> JobConfig:
     """Defaults -> TOML file (--config) -> command-line overrides -> validation."""
     config_path, overrides, show_help = _split_cli(argv)
@@ -663,11 +671,7 @@ def load_config(argv: list[str], world_size: int = 1) -> JobConfig:
         path = Path(config_path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        try:
-            table = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"{path}: invalid TOML: {err}") from err
-        cfg = _build(JobConfig, table, "")
+        cfg = _build(JobConfig, parse_toml(path.read_text(), str(path)), "")
     for key, raw in overrides:
         apply_override(cfg, key, raw)
     validate(cfg, world_size)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -28,8 +28,7 @@ from nano.config import Validation
 from nano.data.streams import HeldOut
 from nano.data.tokenizer import Tokenizer
 from nano.loss import IGNORE_INDEX
-
-ContextFactory = Callable[[], contextlib.AbstractContextManager]
+from nano.parallel.parallelize import ContextFactory
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,6 @@ import json
 import logging
 import sys
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,9 @@ from nano.checkpoint.export import (
     read_checkpoint_info,
     resolve_step_dir,
 )
+from nano.checkpoint.manager import single_process_quiet
 from nano.config import Sampling
+from nano.data.formats import chat_prompt
 from nano.data.tokenizer import Tokenizer
 from nano.models.llama import Transformer
 
@@ -54,10 +55,9 @@ class GenerateError(ValueError):
     """A checkpoint or an option that cannot be used; the CLI prints it and exits with code 2."""
 
 
-def chat_prompt(prompt: str) -> str:
-    """A user turn and the start of the assistant's, as nano/data/formats.py writes them and the exported chat
-    template renders them (with add_generation_prompt); BOS is added by `encode_prompt`."""
-    return f"<|user|>\n{prompt.strip()}\n<|assistant|>\n"
+def stop_ids(tokenizer: Tokenizer, chat: bool) -> list[int]:
+    """Generation ends at EOS, and in a chat at the <|end|> that closes the assistant's turn."""
+    return [tokenizer.eos_id] + ([tokenizer.special_ids["<|end|>"]] if chat else [])
 
 
 def encode_prompt(tokenizer: Tokenizer, text: str) -> list[int]:
@@ -92,8 +92,7 @@ def _load_dcp(step_dir: Path, device: torch.device) -> Loaded:
     info = read_checkpoint_info(step_dir)
     model = Transformer(info.args)
     state = model.state_dict()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+    with single_process_quiet():
         dcp.load({"train": {"model": state}}, checkpoint_id=str(step_dir), no_dist=True)  # any saving mesh
     return Loaded(model.to(device).eval(), Tokenizer(step_dir / TOKENIZER_FILE), f"{step_dir} (step {info.step})")
 
@@ -213,7 +212,7 @@ class PromptSampler:
 
     def __init__(self, cfg: Sampling, tokenizer: Tokenizer, tensor_parallel_degree: int = 1) -> None:
         self.cfg, self.tokenizer, self.tp = cfg, tokenizer, tensor_parallel_degree
-        self.stop_ids = [tokenizer.eos_id] + ([tokenizer.special_ids["<|end|>"]] if cfg.chat else [])
+        self.stop_ids = stop_ids(tokenizer, cfg.chat)
 
     def due(self, step: int) -> bool:
         return bool(self.cfg.prompts) and step % self.cfg.interval == 0
@@ -290,7 +289,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     tokenizer = loaded.tokenizer
     text = chat_prompt(args.prompt) if args.chat else args.prompt
-    stop_ids = [tokenizer.eos_id] + ([tokenizer.special_ids["<|end|>"]] if args.chat else [])
     seed = args.seed if args.seed is not None else int(torch.seed() % 2**31)
     generator = torch.Generator().manual_seed(seed)
     params = SamplingParams(args.temperature, args.top_k, args.top_p)
@@ -304,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with autocast:
             for token in generate(loaded.model, encode_prompt(tokenizer, text), args.max_new_tokens, params,
-                                  vocab_size=tokenizer.vocab_size, stop_ids=stop_ids, use_cache=not args.no_cache,
+                                  vocab_size=tokenizer.vocab_size, stop_ids=stop_ids(tokenizer, args.chat),
+                                  use_cache=not args.no_cache,
                                   generator=generator):
                 count += 1
                 print(stream.add(token), end="", flush=True)

@@ -46,6 +46,7 @@ from torch.distributed.checkpoint.stateful import Stateful
 from torch.distributed.device_mesh import DeviceMesh
 
 from nano.config import Comm, Training
+from nano.parallel.ranks import is_rank0
 
 logger = logging.getLogger("nano")
 
@@ -55,10 +56,6 @@ DUPLICATE_WINDOW_S = 3.0
 
 class TrainingStopped(RuntimeError):
     """The run cannot go on by itself (its checkpoint is saved); the CLI exits with code 3."""
-
-
-def _is_rank0() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -185,7 +182,7 @@ class BadStepGuard(Stateful):
         if self.consecutive == 1:
             self.first_bad_step = step
         self.last_reason = reason
-        if _is_rank0():
+        if is_rank0():
             logger.warning("step %d skipped: %s; weights and optimizer state unchanged (%d in a row, %d in total)",
                            step, reason, self.consecutive, self.total)
         return True

@@ -94,12 +94,7 @@ class MetricsLogger:
             jsonl_path.parent.mkdir(parents=True, exist_ok=True)
             self.jsonl = open(jsonl_path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole run
         self._validation: tuple[int, dict[str, float]] | None = None  # the latest results, for the next progress line
-        self._window_start = time.perf_counter()
-        self._window_tokens = 0
-        self._window_steps = 0
-        self._window_loss = 0.0
-        self._window_loss_steps = 0  # steps whose loss counts: a skipped step's (inf, NaN, a spike) does not
-        self._window_skipped = 0  # optimizer steps skipped by nano.guards
+        self.reset_window()
         self.source_tokens = torch.zeros(len(source_names), dtype=torch.long)
         self.source_skipped = torch.zeros(len(source_names), dtype=torch.long)  # unusable rows the loader skipped
         self._skipped_reported = 0
@@ -109,7 +104,7 @@ class MetricsLogger:
         self._window_start = time.perf_counter()
         self._window_tokens = 0
         self._window_steps = 0
-        self._window_loss = 0.0
+        self._window_loss: torch.Tensor | float = 0.0
         self._window_loss_steps = 0  # steps whose loss counts: a skipped step's (inf, NaN, a spike) does not
         self._window_skipped = 0  # optimizer steps skipped by nano.guards
 

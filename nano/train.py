@@ -13,7 +13,7 @@ import os
 import random
 import shlex
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -47,11 +47,10 @@ from nano.models.llama import (
 from nano.optim import build_lr_scheduler, build_optimizer
 from nano.parallel.dims import ParallelDims
 from nano.parallel.memory import check_fits, estimate_peak_memory
-from nano.parallel.parallelize import clip_grad_norm_, loss_context, parallelize, place_shard
+from nano.parallel.parallelize import ContextFactory, clip_grad_norm_, loss_context, parallelize, place_shard
 from nano.profiling import StepProfiler
 
 logger = logging.getLogger("nano")
-ContextFactory = Callable[[], contextlib.AbstractContextManager]
 
 
 @dataclass

@@ -14,10 +14,10 @@ from nano.checkpoint.export import (
     hf_name,
     native_name,
 )
+from nano.data.formats import chat_prompt
 from nano.generate import (
     SamplingParams,
     TextStream,
-    chat_prompt,
     encode_prompt,
     generate,
     load,

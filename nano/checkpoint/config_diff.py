@@ -15,16 +15,10 @@ Three kinds of change, by key:
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from typing import Any
 
-from nano.config import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
+from nano.config import ConfigError, parse_toml
 
 _SHAPES = "sets the parameters' shapes or names, so the weights and optimizer state cannot load"
 _ORDER = "orders the documents the saved data position refers to"
@@ -81,7 +75,8 @@ def _active_sources(flat: dict[str, Any]) -> set[str]:
 
 def config_changes(saved_toml: str, current_toml: str) -> list[Change]:
     """Every key whose value differs, classified."""
-    saved, current = flatten(tomllib.loads(saved_toml)), flatten(tomllib.loads(current_toml))
+    saved = flatten(parse_toml(saved_toml, "the checkpoint's config.toml"))
+    current = flatten(parse_toml(current_toml, "this run's resolved config"))
     changes = []
     for key in sorted(saved.keys() | current.keys()):
         before, after = saved.get(key, _ABSENT), current.get(key, _ABSENT)

@@ -25,7 +25,6 @@ import re
 import shutil
 import struct
 import sys
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from nano.checkpoint.hub import PushFailed, PushTarget, push_folder
-from nano.checkpoint.manager import COMPLETE_MARKER, RUN_INFO, step_dirs
+from nano.checkpoint.manager import COMPLETE_MARKER, RUN_INFO, single_process_quiet, step_dirs
 from nano.models.llama import ModelArgs, Transformer
 
 logger = logging.getLogger("nano")
@@ -172,8 +171,7 @@ def plan_shards(sizes: list[int], max_shard_bytes: int) -> list[list[int]]:
 def load_weight(step_dir: Path, key: str, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
     """One full tensor from a DCP checkpoint, reassembled from whatever shards the saving mesh wrote."""
     tensor = torch.empty(shape, dtype=dtype)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+    with single_process_quiet():
         dcp.load({key: tensor}, checkpoint_id=str(step_dir), no_dist=True)
     return tensor
 

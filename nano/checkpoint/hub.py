@@ -31,13 +31,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import torch.distributed as dist
-
 from nano.config import ConfigError, Hub
+from nano.parallel.ranks import from_rank0
 
 logger = logging.getLogger("nano")
 T = TypeVar("T")
@@ -228,10 +227,7 @@ def build_pusher(cfg: Hub, export_folder: Path, *, is_rank0: bool) -> HubPusher 
             check_access(cfg)
         except HubError as err:
             error = str(err)
-    if dist.is_initialized():
-        shared = [error]
-        dist.broadcast_object_list(shared, src=0)
-        error = shared[0]
+    error = from_rank0(error)
     if error:
         raise HubError(error)
     return HubPusher(cfg, export_folder) if is_rank0 else None
@@ -242,7 +238,6 @@ class PushJob:
     step: int
     checkpoint: Path
     export: Path
-    submitted: float = field(default_factory=time.monotonic)
 
 
 class HubPusher:
@@ -255,7 +250,7 @@ class HubPusher:
         self.failed: list[PushJob] = []
         self.pushed: list[int] = []
         self._jobs: queue.Queue[PushJob | None] = queue.Queue()
-        self._in_flight: set[Path] = set()
+        self._in_flight: dict[Path, PushJob] = {}  # by checkpoint folder: queued, exporting or pushing
         self._lock = threading.Lock()
         self._child: subprocess.Popen[str] | None = None
         self._worker = threading.Thread(target=self._run, daemon=True, name="nano-hub-push")
@@ -268,7 +263,7 @@ class HubPusher:
             return
         job = PushJob(step=step, checkpoint=checkpoint, export=self.export_folder / checkpoint.name)
         with self._lock:
-            self._in_flight.add(checkpoint)
+            self._in_flight[checkpoint] = job
         self._jobs.put(job)
         logger.info("hub: step %d queued for push to %s", step, self.cfg.repo_id)
 
@@ -287,11 +282,9 @@ class HubPusher:
         self._jobs.put(None)
         self._worker.join(timeout_s)
         with self._lock:
-            pending = sorted(self._in_flight)
+            not_landed = [*self.failed, *self._in_flight.values()]
         if self._worker.is_alive() and self._child is not None:
             self._child.kill()
-        not_landed = [*self.failed, *(PushJob(step=_step_of(p), checkpoint=p, export=self.export_folder / p.name)
-                                      for p in pending)]
         for job in sorted(not_landed, key=lambda j: j.step):
             logger.warning("hub: step %d did not reach %s; push it by hand: nano-export %s %s --push %s",
                            job.step, self.cfg.repo_id, job.checkpoint, job.export, self.cfg.repo_id)
@@ -311,7 +304,7 @@ class HubPusher:
                     self.pushed.append(job.step)
                 else:
                     self.failed.append(job)
-                self._in_flight.discard(job.checkpoint)
+                self._in_flight.pop(job.checkpoint, None)
             if ok:
                 shutil.rmtree(job.export, ignore_errors=True)
 
@@ -341,9 +334,3 @@ class HubPusher:
             return False
         logger.info("hub: step %d landed on %s in %.0fs", job.step, t.repo_id, time.monotonic() - start)
         return True
-
-
-def _step_of(path: Path) -> int:
-    tail = path.name.rsplit("-", 1)[-1]
-    return int(tail) if tail.isdigit() else -1
-

@@ -60,6 +60,7 @@ from nano.checkpoint.config_diff import check_resume_config
 from nano.checkpoint.integrity import check_files, data_files, describe_files, read_manifest
 from nano.config import Checkpoint, ConfigError
 from nano.guards import disk_space_problem, readable_size
+from nano.parallel.ranks import barrier, from_rank0, is_rank0
 
 logger = logging.getLogger("nano")
 
@@ -150,7 +151,7 @@ def find_resume_point(cfg: Checkpoint, folder: Path, config_toml: str | None) ->
     the checkpoint cannot take (see config_diff), and "required" without a checkpoint. `config_toml` is this
     run's resolved config; None skips the comparison.
     """
-    complete = _from_rank0(step_dirs(folder))  # one listing, so that every rank decides on the same folders
+    complete = from_rank0(step_dirs(folder))  # one listing, so that every rank decides on the same folders
     if cfg.resume == "never":
         if complete and cfg.enable:
             _start_over(folder, complete, cfg.overwrite)
@@ -163,7 +164,7 @@ def find_resume_point(cfg: Checkpoint, folder: Path, config_toml: str | None) ->
         saved_config = path / CONFIG_FILE
         if config_toml is not None and saved_config.is_file():
             changes = check_resume_config(saved_config.read_text(), config_toml, cfg.allow_changes, str(path))
-            if changes and _is_rank0():
+            if changes and is_rank0():
                 logger.info("config changes since %s (taken as they are):\n  %s", path,
                             "\n  ".join(c.describe() for c in changes))
         return ResumePoint(step, path, run_id_of(path))
@@ -186,18 +187,18 @@ def _start_over(folder: Path, complete: list[tuple[int, Path]], overwrite: bool)
             f"\"never\": a new run there would write its step folders beside them. Continue that run with "
             f"--checkpoint.resume auto, start this one elsewhere (--job.dump_folder), or delete them with "
             f"--checkpoint.overwrite")
-    if _is_rank0():
+    if is_rank0():
         for _, path in step_dirs(folder, complete_only=False):
             shutil.rmtree(path)
         logger.warning("checkpoint.overwrite: deleted the checkpoints in %s (%s) to start over", folder, names)
-    _barrier()
+    barrier()
 
 
 def verify_checkpoint(path: Path) -> list[str]:
     """Problems with a complete checkpoint's files (empty: intact). Ranks share the reading; all get the result."""
     manifest = read_manifest(path / COMPLETE_MARKER)
     if manifest is None:
-        if _is_rank0():
+        if is_rank0():
             logger.warning("%s records no file sizes or checksums (an older checkpoint): not verified", path)
         return []
     names = sorted(manifest)
@@ -212,13 +213,13 @@ def verify_checkpoint(path: Path) -> list[str]:
 
 def _report_corrupt(path: Path, problems: list[str]) -> None:
     """Name what is wrong, and take the checkpoint out of the running (its marker becomes `.corrupt`)."""
-    if _is_rank0():
+    if is_rank0():
         logger.error("checkpoint %s is damaged, trying the previous one:\n  %s", path, "\n  ".join(problems))
         try:
             (path / COMPLETE_MARKER).rename(path / CORRUPT_MARKER)
         except OSError as err:
             logger.error("could not mark %s as damaged (%s); it will be verified again next time", path, err)
-    _barrier()
+    barrier()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -253,7 +254,7 @@ class CheckpointManager:
         self.layout = dict(layout)
         self.files = dict(files or {})
         self.run_info = dict(run_info or {})
-        self.run_id = _from_rank0(new_run_id())  # a resume replaces it with its checkpoint's
+        self.run_id = from_rank0(new_run_id())  # a resume replaces it with its checkpoint's
         self.on_complete = on_complete
         self.protected = protected or set
         self._pending: _PendingSave | None = None
@@ -279,7 +280,7 @@ class CheckpointManager:
             return None
         summary = dict(summary or {})
         try:
-            with _single_process_quiet():
+            with single_process_quiet():
                 if self.cfg.async_mode == "async":
                     future = dcp.async_save(dict(self.states), checkpoint_id=str(path),
                                             process_group=self._async_group)
@@ -290,11 +291,11 @@ class CheckpointManager:
                 dcp.save(dict(self.states), checkpoint_id=str(path))
         except (Exception, CheckpointException) as err:
             self._discard(path, err)
-            _barrier()
+            barrier()
             return None
-        _barrier()
+        barrier()
         completed = self._complete(step, path, summary, final, None)
-        _barrier()
+        barrier()
         return path if completed else None
 
     def poll(self) -> None:
@@ -332,7 +333,7 @@ class CheckpointManager:
             if problem is not None:
                 logger.warning("checkpoint %s not saved: %s. The newest checkpoint is still %s; training continues",
                                path, problem, self._newest_name())
-        return _from_rank0(problem) is None
+        return from_rank0(problem) is None
 
     def _save_problem(self, path: Path) -> str | None:
         owner = run_id_of(path)
@@ -398,7 +399,7 @@ class CheckpointManager:
                 logger.info("starting at step 0 (run %s; checkpoints go to %s)", self.run_id, self.folder)
             return 0
         self._check_layout(point.path)
-        with _single_process_quiet():
+        with single_process_quiet():
             dcp.load(dict(self.states), checkpoint_id=str(point.path))
         self.run_id = point.run_id or self.run_id
         if self.is_rank0:
@@ -412,7 +413,7 @@ class CheckpointManager:
 
     def _check_layout(self, path: Path) -> None:
         probe = {"layout": {key: -1 for key in self.layout}}
-        with _single_process_quiet():
+        with single_process_quiet():
             dcp.load(probe, checkpoint_id=str(path))
         for key, now in self.layout.items():
             saved = probe["layout"][key]
@@ -460,26 +461,8 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def _is_rank0() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def _from_rank0(value: Any) -> Any:
-    """Rank 0's value on every rank."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
 @contextmanager
-def _single_process_quiet():
+def single_process_quiet():
     """DCP warns on every call without a process group; one process is a supported setup here."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")

@@ -196,12 +196,17 @@ def split_answer(response: str) -> tuple[str, str]:
     return text[:start].strip(), text[start:].strip()
 
 
+def chat_prompt(question: str) -> str:
+    """A user turn and the start of the assistant's: how every reasoning document opens, and what a chat
+    prompt to the trained model is (nano-generate --chat, the exported chat template)."""
+    return f"<|user|>\n{question.strip()}\n<|assistant|>\n"
+
+
 def reasoning(question: str, response: str, system: str = "") -> str:
     """The reasoning template around a question and its free-form response."""
     steps, answer = split_answer(response)
     head = f"<|system|>\n{system.strip()}\n" if system.strip() else ""
-    return (f"{head}<|user|>\n{question.strip()}\n<|assistant|>\n<think>\n{steps or NO_STEPS}\n</think>\n\n"
-            f"{answer}\n<|end|>")
+    return f"{head}{chat_prompt(question)}<think>\n{steps or NO_STEPS}\n</think>\n\n{answer}\n<|end|>"
 
 
 # ----------------------------------------------------------------------------------------------- one per schema

@@ -311,8 +311,8 @@ class Transformer(nn.Module):
 
 
 def sdpa_backend(args: ModelArgs, seq_len: int, dtype: torch.dtype, device: torch.device) -> str:
-    """The kernel `F.scaled_dot_product_attention` dispatches to for this model on a CUDA device, for the
-    start-up log: the math fallback materialises the S x S scores and is several times slower.
+    """The kernel `F.scaled_dot_product_attention` dispatches to for this model on a CUDA device, reported by
+    the benchmarks: the math fallback materialises the S x S scores and is several times slower.
 
     Follows PyTorch's default priority (flash, memory-efficient, math, then cuDNN only if math is disabled).
     """

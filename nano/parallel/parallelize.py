@@ -128,7 +128,11 @@ def apply_tp(model: Transformer, tp_mesh: DeviceMesh, loss_parallel_enabled: boo
             + (", loss parallel" if loss_parallel_enabled else ""))
 
 
-def loss_context(dims: ParallelDims, cfg: JobConfig) -> Callable[[], contextlib.AbstractContextManager]:
+ContextFactory = Callable[[], contextlib.AbstractContextManager]
+"""Makes the context a forward (and its backward) runs in: autocast, loss parallel, or nothing."""
+
+
+def loss_context(dims: ParallelDims, cfg: JobConfig) -> ContextFactory:
     """A factory of the context the loss and its backward run in: vocab-sharded logits under loss parallel."""
     if dims.tp_enabled and cfg.parallelism.enable_loss_parallel:
         return loss_parallel

@@ -8,13 +8,11 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 import weakref
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed.checkpoint as dcp
 
 from nano.checkpoint.export import (
     ExportError,
@@ -26,21 +24,17 @@ from nano.checkpoint.export import (
 )
 from nano.data.formats import FORMATTERS
 from nano.data.tokenizer import Tokenizer
+from nano.generate import load
 from nano.models.llama import Transformer
 from tests.checkpoint.checkpoints import SMALL, TOKENIZER, make_checkpoint
 from tests.distributed import REPO_ROOT, free_port
 
 transformers = pytest.importorskip("transformers")
 
+
 def nano_model_from(step_dir: Path) -> Transformer:
     """A plain single-process model restored from a DCP step folder saved under any mesh."""
-    info = read_checkpoint_info(step_dir)
-    model = Transformer(info.args)
-    state = model.state_dict()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load({"train": {"model": state}}, checkpoint_id=str(step_dir), no_dist=True)
-    return model.eval()
+    return load(step_dir, torch.device("cpu")).model
 
 
 def nano_greedy(model: Transformer, prompt: torch.Tensor, new_tokens: int, stop: set[int]) -> list[int]:
