@@ -10,8 +10,8 @@ for backward, which only scales the two saved gradients by the incoming gradient
 fused pass also skips log_softmax's stored output and the zero-filled gradient of nll_loss.
 
 The gradients are computed in the forward pass, so a forward under `torch.no_grad()` (evaluation) skips
-them. A head whose weight is a tensor subclass (a tensor-parallel DTensor, sharded over the vocabulary) is
-applied as a module instead, so its parallel plan and loss parallel keep working. Under FSDP the model calls
+them. A head whose weight is a DTensor (tensor parallel, sharded over the vocabulary) is applied as a module
+instead, so its parallel plan and loss parallel keep working. Under FSDP the model calls
 this right after its final norm, which shares the head's FSDP group (nano/parallel/parallelize.py), so the
 head's weight is already gathered into a plain tensor; tests/parallel checks that data parallel keeps the
 chunked path.
@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 # Tokens per chunk. On a GPU: large enough for full-speed matmuls while one chunk's fp32 logits stay small
 # (1024 x 32K vocab x 4 bytes = 128 MiB). On a CPU: small enough to stay below the allocator's mmap threshold
@@ -40,7 +41,7 @@ def linear_cross_entropy(
     `ignore_index` count for nothing), computed chunk by chunk; plus `z_loss` x the mean squared
     log-partition log(sum(exp(logits))) of the same tokens (PaLM's z-loss, which keeps the logits from drifting)."""
     weight = head.weight
-    if type(weight) not in (torch.Tensor, nn.Parameter) or head.bias is not None:
+    if isinstance(weight, DTensor) or head.bias is not None:
         # Tensor parallel: the module's plan returns vocab-sharded or replicated logits (see loss_parallel).
         logits = head(hidden).flatten(0, 1).float()
         loss = F.cross_entropy(logits, labels.flatten(), ignore_index=ignore_index)
@@ -70,31 +71,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_weight = torch.zeros_like(w, dtype=torch.float32) if need_weight_grad else None
         for start in range(0, h.shape[0], chunk_tokens):
             rows = slice(start, start + chunk_tokens)
-            probs = (h[rows] @ w.T).float()  # [n, V] logits, about to become softmax - one_hot in place
-            target_logit = probs.gather(1, targets[rows]).squeeze(1)
-            row_max = probs.amax(dim=1, keepdim=True)
-            sum_exp = probs.sub_(row_max).exp_().sum(dim=1, keepdim=True)
-            lse = sum_exp.log().add_(row_max).squeeze(1)
-            token_loss = lse - target_logit
-            if z_loss:
-                token_loss = token_loss + z_loss * lse.square()
-            loss_sum += torch.where(valid[rows], token_loss, 0.0).sum()
-            if not (need_hidden_grad or need_weight_grad):
-                continue
-            # d loss / d logits = softmax - one_hot; ignored rows are scaled to zero.
-            scale = valid[rows, None] / sum_exp
-            if z_loss:  # d (z lse^2) / d logits = 2 z lse softmax
-                scale = scale * (1 + 2 * z_loss * lse[:, None])
-            probs.mul_(scale)
-            probs.scatter_add_(1, targets[rows], -valid[rows, None].to(probs.dtype))
-            grad_logits = probs.to(dtype)
-            if grad_hidden is not None:
-                torch.mm(grad_logits, w, out=grad_hidden[rows])
-            if grad_weight is not None:
-                if dtype == torch.float32:
-                    grad_weight.addmm_(grad_logits.T, h[rows])
-                else:  # a 16-bit matmul per chunk, summed over the chunks in fp32
-                    grad_weight += grad_logits.T @ h[rows]
+            loss_sum += _chunk(h[rows], w, targets[rows], valid[rows], z_loss,
+                               None if grad_hidden is None else grad_hidden[rows], grad_weight)
         count = valid.sum()
         ctx.save_for_backward(grad_hidden, grad_weight, count)
         ctx.dtypes = hidden.dtype, weight.dtype
@@ -110,3 +88,37 @@ class _LinearCrossEntropy(torch.autograd.Function):
             None if grad_weight is None else (grad_weight * scale).to(weight_dtype),
             None, None, None, None, None,
         )
+
+
+def _chunk(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, z_loss: float,
+           grad_hidden: torch.Tensor | None, grad_weight: torch.Tensor | None) -> torch.Tensor:
+    """Loss summed over one chunk of tokens; writes the chunk's hidden-state gradient into `grad_hidden` and
+    adds its head gradient to `grad_weight`. A function of its own so that a chunk's logits are freed
+    before the next chunk's exist."""
+    probs = (h @ w.T).float()  # [n, V] logits, about to become softmax - one_hot in place
+    target_logit = probs.gather(1, targets).squeeze(1)
+    row_max = probs.amax(dim=1, keepdim=True)
+    sum_exp = probs.sub_(row_max).exp_().sum(dim=1, keepdim=True)
+    lse = sum_exp.log().add_(row_max).squeeze(1)
+    token_loss = lse - target_logit
+    if z_loss:
+        token_loss = token_loss + z_loss * lse.square()
+    loss_sum = torch.where(valid, token_loss, 0.0).sum()
+    if grad_hidden is None and grad_weight is None:
+        return loss_sum
+    # d loss / d logits = softmax - one_hot; ignored rows are scaled to zero.
+    scale = valid[:, None] / sum_exp
+    if z_loss:  # d (z lse^2) / d logits = 2 z lse softmax
+        scale = scale * (1 + 2 * z_loss * lse[:, None])
+    probs.mul_(scale)
+    probs.scatter_add_(1, targets, -valid[:, None].to(probs.dtype))
+    grad_logits = probs.to(h.dtype)
+    del probs  # the fp32 copy is done with (the same tensor when computing in fp32)
+    if grad_hidden is not None:
+        torch.mm(grad_logits, w, out=grad_hidden)
+    if grad_weight is not None:
+        if h.dtype == torch.float32:
+            grad_weight.addmm_(grad_logits.T, h)
+        else:  # a 16-bit matmul per chunk, summed over the chunks in fp32
+            grad_weight += grad_logits.T @ h
+    return loss_sum

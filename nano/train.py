@@ -117,10 +117,10 @@ def build_model_args(cfg: JobConfig, tokenizer: Tokenizer) -> ModelArgs:
 
 def build_model(cfg: JobConfig, args: ModelArgs, dims: ParallelDims, mesh, device: torch.device) -> nn.Module:
     """meta -> (memory check) -> parallelize -> to_empty -> init_weights: no full-size copy ever exists."""
-    estimate = estimate_peak_memory(args, cfg, dims)
+    estimate = estimate_peak_memory(args, cfg, dims, device.type)
     logger.info("estimated peak memory per device: %s", estimate)
     if device.type == "cuda":
-        check_fits(estimate, torch.cuda.get_device_properties(device).total_memory)
+        check_fits(args, cfg, dims, torch.cuda.get_device_properties(device).total_memory)
     with torch.device("meta"):
         model = Transformer(args)
     logger.info(
@@ -160,8 +160,15 @@ def seed_everything(seed: int) -> None:
 def autocast_context(cfg: JobConfig, dims: ParallelDims, device: torch.device) -> ContextFactory:
     """bf16 autocast on CUDA when FSDP's mixed-precision policy is not already casting."""
     if device.type == "cuda" and cfg.training.mixed_precision == "bf16" and not dims.fsdp_enabled:
-        return functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16)
+        return bf16_autocast("cuda")
     return contextlib.nullcontext
+
+
+def bf16_autocast(device_type: str) -> ContextFactory:
+    """Autocast without its weight cache: the cache would keep a bf16 copy of every weight (2 bytes per
+    parameter) alive until the forward ends, although each weight is cast once per forward anyway and
+    activation checkpointing recasts it in backward either way, so it saves no work here."""
+    return functools.partial(torch.autocast, device_type, dtype=torch.bfloat16, cache_enabled=False)
 
 
 # ---------------------------------------------------------------------------------------------------------
