@@ -59,9 +59,9 @@ def main() -> None:
         for micro in map(int, opts.micro.split(",")):
             cfg = dataclasses.replace(base, training=dataclasses.replace(base.training, micro_batch_size=micro),
                                       activation_checkpoint=dataclasses.replace(base.activation_checkpoint, mode=mode))
-            chunked = estimate_peak_memory(args, cfg, dims).total
-            logits = dataclasses.replace(estimate_peak_memory(args, cfg, dims),
-                                         loss=loss_bytes(args, cfg, dims, chunked=False)).total
+            estimate = estimate_peak_memory(args, cfg, dims)
+            chunked = estimate.total
+            logits = dataclasses.replace(estimate, loss=loss_bytes(args, cfg, dims, chunked=False)).total
             row = f"{mode:<13} {micro:>5}  {chunked / GIB:>8.1f} "
             if opts.trace:
                 traced = trace_peak_memory(cfg, args, opts.world_size).total

@@ -25,8 +25,8 @@ from nano.models.llama import FLAVORS, Transformer, flops_per_token, padded_voca
 from nano.optim import build_optimizer
 from nano.parallel.dims import ParallelDims
 from nano.parallel.memory import estimate_peak_memory
-from nano.parallel.parallelize import clip_grad_norm_, loss_context, parallelize, place_shard
-from nano.train import autocast_context, build_runtime, forward_backward
+from nano.parallel.parallelize import autocast_context, clip_grad_norm_, loss_context, parallelize, place_shard
+from nano.train import build_runtime, forward_backward
 
 
 def main() -> None:

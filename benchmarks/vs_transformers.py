@@ -42,8 +42,8 @@ from nano.metrics import peak_flops
 from nano.models.llama import FLAVORS, ModelArgs, flops_per_token, padded_vocab_size, sdpa_backend
 from nano.optim import build_lr_scheduler, build_optimizer
 from nano.parallel.dims import ParallelDims
-from nano.parallel.parallelize import clip_grad_norm_, loss_context
-from nano.train import autocast_context, build_model, forward_backward
+from nano.parallel.parallelize import autocast_context, clip_grad_norm_, loss_context
+from nano.train import build_model, forward_backward
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = {

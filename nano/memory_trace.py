@@ -39,8 +39,15 @@ from nano.models.llama import FLAVORS, ModelArgs, Transformer
 from nano.optim import build_optimizer
 from nano.parallel.dims import ParallelDims
 from nano.parallel.memory import PerToken
-from nano.parallel.parallelize import ContextFactory, apply_ac, clip_grad_norm_, parallelize
-from nano.train import autocast_context, bf16_autocast, forward_backward
+from nano.parallel.parallelize import (
+    ContextFactory,
+    apply_ac,
+    bf16_autocast,
+    clip_grad_norm_,
+    compute_precision,
+    parallelize,
+)
+from nano.train import forward_backward
 
 CPU = torch.device("cpu")
 
@@ -71,8 +78,8 @@ def trace_peak_memory(cfg: JobConfig, args: ModelArgs, world_size: int = 1, *,
                           "and parallelism.tensor_parallel_degree = 1")
     cfg = dataclasses.replace(cfg, compile=dataclasses.replace(cfg.compile, enable=False))
     # The context a GPU run computes in, entered on the CPU: CPU autocast casts the same ops to bf16.
-    autocasts = autocast_context(cfg, dims, torch.device("cuda")) is not contextlib.nullcontext
-    compute_ctx = bf16_autocast("cpu") if autocasts else contextlib.nullcontext
+    autocasts = compute_precision(cfg, dims, "cuda") == "autocast"
+    compute_ctx = bf16_autocast(CPU.type) if autocasts else contextlib.nullcontext
     accumulating = grad_accum_steps(cfg, world_size) > 1
     # The loss walks a GPU's chunks of tokens, not the CPU's smaller ones.
     with _fake_process_group(world_size), patch.dict(CHUNK_TOKENS, {CPU.type: DEFAULT_CHUNK_TOKENS}):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import os
 import random
@@ -47,7 +46,14 @@ from nano.models.llama import (
 from nano.optim import build_lr_scheduler, build_optimizer
 from nano.parallel.dims import ParallelDims
 from nano.parallel.memory import check_fits, estimate_peak_memory
-from nano.parallel.parallelize import ContextFactory, clip_grad_norm_, loss_context, parallelize, place_shard
+from nano.parallel.parallelize import (
+    ContextFactory,
+    autocast_context,
+    clip_grad_norm_,
+    loss_context,
+    parallelize,
+    place_shard,
+)
 from nano.profiling import StepProfiler
 
 logger = logging.getLogger("nano")
@@ -155,20 +161,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def autocast_context(cfg: JobConfig, dims: ParallelDims, device: torch.device) -> ContextFactory:
-    """bf16 autocast on CUDA when FSDP's mixed-precision policy is not already casting."""
-    if device.type == "cuda" and cfg.training.mixed_precision == "bf16" and not dims.fsdp_enabled:
-        return bf16_autocast("cuda")
-    return contextlib.nullcontext
-
-
-def bf16_autocast(device_type: str) -> ContextFactory:
-    """Autocast without its weight cache: the cache would keep a bf16 copy of every weight (2 bytes per
-    parameter) alive until the forward ends, although each weight is cast once per forward anyway and
-    activation checkpointing recasts it in backward either way, so it saves no work here."""
-    return functools.partial(torch.autocast, device_type, dtype=torch.bfloat16, cache_enabled=False)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -13,8 +13,7 @@ from nano.memory_trace import fit_block_bytes, trace_peak_memory
 from nano.models.llama import FLAVORS, Transformer, num_params
 from nano.parallel.dims import ParallelDims
 from nano.parallel.memory import BLOCK_BYTES, estimate_peak_memory
-from nano.parallel.parallelize import apply_ac
-from nano.train import bf16_autocast
+from nano.parallel.parallelize import apply_ac, bf16_autocast
 
 # Small enough to trace in seconds, shaped like nano_1b (FFN 2.69 x dim, a 32K vocabulary), with GQA.
 ARGS = dataclasses.replace(FLAVORS["debug"], dim=512, n_heads=8, n_kv_heads=4, ffn_hidden_dim=1376, n_layers=4,

@@ -34,6 +34,7 @@ from nano.config import ConfigError, JobConfig
 from nano.loss import CHUNK_TOKENS, DEFAULT_CHUNK_TOKENS
 from nano.models.llama import ModelArgs, analytic_num_params
 from nano.parallel.dims import ParallelDims
+from nano.parallel.parallelize import compute_precision
 
 GIB = 2**30
 FIT = 0.95  # the share of a device a config may plan to use; the rest is for the CUDA context and fragmentation
@@ -92,13 +93,6 @@ class MemoryEstimate:
                 f"+ max(block backward {self.block / GIB:.1f}, loss {self.loss / GIB:.1f}){gathered}")
 
 
-def precision(cfg: JobConfig, dims: ParallelDims, device_type: str) -> str:
-    """How the step computes: "fp32", "autocast" (bf16 matmuls over fp32 weights) or "bf16" (FSDP's policy)."""
-    if device_type != "cuda" or cfg.training.mixed_precision == "fp32":
-        return "fp32"
-    return "bf16" if dims.fsdp_enabled else "autocast"
-
-
 def block_params(args: ModelArgs) -> int:
     kv_width = args.kv_heads * args.head_dim
     return args.dim * (2 * args.dim + 2 * kv_width) + 3 * args.dim * args.ffn_hidden_dim + 2 * args.dim
@@ -107,7 +101,7 @@ def block_params(args: ModelArgs) -> int:
 def activation_bytes(args: ModelArgs, cfg: JobConfig, dims: ParallelDims, device_type: str = "cuda") -> tuple[int, int]:
     """(kept by all blocks for backward, the largest single block's backward) in bytes."""
     tokens, tp = cfg.training.micro_batch_size * cfg.training.seq_len, dims.tp
-    kind, n = precision(cfg, dims, device_type), args.n_layers
+    kind, n = compute_precision(cfg, dims, device_type), args.n_layers
     # Autocast's bf16 copies of a block's weights: kept for backward unless the block is checkpointed.
     weight_copies = 2 * block_params(args) // tp if kind == "autocast" else 0
     plain_kept, plain_work = BLOCK_BYTES[kind, "none"]
@@ -128,7 +122,7 @@ def loss_bytes(args: ModelArgs, cfg: JobConfig, dims: ParallelDims, *, chunked: 
     """The final norm, output layer and loss at the end of the forward; `chunked` defaults to what nano.loss
     does for the config (chunks unless tensor parallel), False gives the materialised logits for comparison."""
     tokens, vocab, dim, tp = cfg.training.micro_batch_size * cfg.training.seq_len, args.vocab_size, args.dim, dims.tp
-    kind = precision(cfg, dims, device_type)
+    kind = compute_precision(cfg, dims, device_type)
     act, compute = (2, 2) if kind == "bf16" else (4, 2) if kind == "autocast" else (4, 4)
     norm = 3 * act * tokens * dim // tp  # the final norm's input, normalised input and output
     if chunked is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable
 
 import torch
@@ -56,7 +57,7 @@ def parallelize(
         plan.append(apply_compile(model))
     if dims.fsdp_enabled:
         assert mesh is not None
-        bf16 = device_type == "cuda" and cfg.training.mixed_precision == "bf16"
+        bf16 = compute_precision(cfg, dims, device_type) == "bf16"
         dp_mesh = mesh["dp_replicate", "dp_shard"] if dims.dp_replicate > 1 else mesh["dp_shard"]
         plan.append(apply_fsdp(model, dp_mesh, param_dtype=torch.bfloat16 if bf16 else torch.float32,
                                reshard=cfg.parallelism.fsdp_reshard_after_forward, hsdp=dims.dp_replicate > 1))
@@ -130,6 +131,28 @@ def apply_tp(model: Transformer, tp_mesh: DeviceMesh, loss_parallel_enabled: boo
 
 ContextFactory = Callable[[], contextlib.AbstractContextManager]
 """Makes the context a forward (and its backward) runs in: autocast, loss parallel, or nothing."""
+
+
+def compute_precision(cfg: JobConfig, dims: ParallelDims, device_type: str) -> str:
+    """How a step computes: "bf16" (FSDP's mixed-precision policy casts the weights), "autocast" (bf16 matmuls
+    over fp32 weights, without FSDP) or "fp32" (CPU runs, or training.mixed_precision = "fp32")."""
+    if device_type != "cuda" or cfg.training.mixed_precision == "fp32":
+        return "fp32"
+    return "bf16" if dims.fsdp_enabled else "autocast"
+
+
+def autocast_context(cfg: JobConfig, dims: ParallelDims, device: torch.device) -> ContextFactory:
+    """bf16 autocast where the step computes in "autocast" precision; nothing otherwise."""
+    if compute_precision(cfg, dims, device.type) == "autocast":
+        return bf16_autocast(device.type)
+    return contextlib.nullcontext
+
+
+def bf16_autocast(device_type: str) -> ContextFactory:
+    """Autocast without its weight cache: the cache would keep a bf16 copy of every weight (2 bytes per
+    parameter) alive until the forward ends, although each weight is cast once per forward anyway and
+    activation checkpointing recasts it in backward either way, so it saves no work here."""
+    return functools.partial(torch.autocast, device_type, dtype=torch.bfloat16, cache_enabled=False)
 
 
 def loss_context(dims: ParallelDims, cfg: JobConfig) -> ContextFactory:
